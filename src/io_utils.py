@@ -1,0 +1,54 @@
+"""Atomic file writes: a reader (or a resumed run) never sees a half-written cache file or checkpoint.
+
+Everything is written to a temporary file in the destination folder, flushed, and renamed over the
+target, which POSIX makes atomic within one file system.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextmanager
+def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success it replaces ``target``, on error it is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix, dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    with atomic_path(target) as tmp:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def atomic_write_json(target: Path, data: Any) -> None:
+    atomic_write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_csv(target: Path, frame) -> None:
+    """Write a pandas DataFrame without its index."""
+    with atomic_path(target, ".csv") as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def atomic_torch_save(target: Path, obj: Any) -> None:
+    import torch
+
+    with atomic_path(target, ".pt") as tmp:
+        torch.save(obj, tmp)

@@ -1,0 +1,83 @@
+"""Where the data, cache, folds and runs live, and the one check that turns a study UID into a path.
+
+The contract (shared/SPEC.md): ``data_dir`` defaults to the real Kaggle folder; when that holds no
+``train.csv`` the demo dataset under ``demo_dir`` is used instead, generated on first use.
+``cache_dir`` defaults to ``cache/<dataset>``, folds live in ``folds/<dataset>.csv``, runs in
+``runs/<experiment>/fold<k>/``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class InvalidUID(ValueError):
+    pass
+
+
+def check_uid(uid: str, source: str = "") -> str:
+    """Return ``uid`` if it is a valid DICOM UID (digits and dots, at most 64 chars); refuse anything else.
+
+    Every UID that becomes part of a path goes through here, so a hostile CSV or folder name
+    (``../../etc``) can never make the pipeline read or write outside the data and cache folders.
+    """
+    uid = str(uid).strip()
+    if len(uid) > 64 or not _UID.match(uid):
+        where = f" (from {source})" if source else ""
+        raise InvalidUID(f"{uid!r}{where} is not a valid DICOM UID: only digits and dots, at most 64 characters")
+    return uid
+
+
+def dataset_name(data_dir: Path | str) -> str:
+    return Path(data_dir).resolve().name
+
+
+def has_labels(data_dir: Path | str) -> bool:
+    return (Path(data_dir) / "train.csv").exists()
+
+
+def resolve_data_dir(cfg: DictConfig | dict, generate: bool = True, announce=print) -> Path:
+    """The configured data folder, or the demo dataset (generated if absent) when it has no train.csv."""
+    data_dir = _abs(cfg["data_dir"])
+    if has_labels(data_dir):
+        return data_dir
+    demo = _abs(cfg["demo"]["dir"])
+    if not has_labels(demo):
+        if not generate:
+            raise FileNotFoundError(f"no train.csv in {data_dir} and no demo data in {demo}; run `python -m src.synth`")
+        announce(f"[data] no train.csv in {data_dir}: generating the demo dataset in {demo} (one-off, about a minute)")
+        from .synth.generate import generate_dataset
+
+        d = cfg["demo"]
+        generate_dataset(demo, n_train=d["n_train"], n_test=d["n_test"], size=d["size"], seed=d["seed"],
+                         seg_fraction=d["seg_fraction"])
+    else:
+        announce(f"[data] no train.csv in {data_dir}: using the demo dataset in {demo}")
+    return demo
+
+
+def resolve_cache_dir(cfg: DictConfig | dict, data_dir: Path) -> Path:
+    return _abs(cfg["cache_dir"]) if cfg.get("cache_dir") else _abs("cache") / dataset_name(data_dir)
+
+
+def folds_path(cfg: DictConfig | dict, data_dir: Path) -> Path:
+    return _abs(cfg["folds_dir"]) / f"{dataset_name(data_dir)}.csv"
+
+
+def localisation_path(cfg: DictConfig | dict, cache_dir: Path) -> Path:
+    return _abs(cfg["localisation_table"]) if cfg.get("localisation_table") else cache_dir / "localisation.csv"
+
+
+def run_dir(cfg: DictConfig | dict, experiment: str | None = None, fold: int | None = None) -> Path:
+    experiment = experiment or cfg["experiment"]
+    fold = cfg["fold"] if fold is None else fold
+    return _abs(cfg["runs_dir"]) / experiment / f"fold{fold}"
+
+
+def _abs(path: str | Path) -> Path:
+    """Relative paths are relative to the working directory, as on any command line (train.sh runs from the repo root)."""
+    return Path(path).expanduser().resolve()
