@@ -49,9 +49,15 @@ def closest_keys(key: str, valid: Iterable[str], n: int = 3) -> list[str]:
 
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        value = yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" as a string; a number is what anyone typing it means
+            return float(text)
+        except ValueError:
+            pass
+    return value
 
 
 def _type_name(value: Any) -> str:
@@ -155,7 +161,18 @@ def load_experiment_file(name: str, config_dir: Path = CONFIG_DIR, _seen: tuple 
         return data
     parent = data.pop("inherit", "default")
     base = load_experiment_file(parent, config_dir, _seen + (name,))
-    return _merge_checked(base, data, path)
+    base_demo, own_demo = base.pop("on_demo", None) or {}, data.pop("on_demo", None) or {}
+    merged = _merge_checked(base, data, path)
+    if base_demo or own_demo:
+        merged["on_demo"] = _deep_update(base_demo, own_demo)
+    return merged
+
+
+def _deep_update(base: dict, child: dict) -> dict:
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = _deep_update(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def load_config(argv: Iterable[str] | None = None, default_experiment: str = DEFAULT_EXPERIMENT,
@@ -171,8 +188,18 @@ def load_config(argv: Iterable[str] | None = None, default_experiment: str = DEF
             rest.append((key, raw))
     data = load_experiment_file(name, config_dir)
     data["experiment"] = name
-    data = apply_overrides(data, rest)
-    cfg = OmegaConf.create(data)
+    on_demo = data.pop("on_demo", None) or {}
+    resolved = apply_overrides(data, rest)
+    from .paths import has_labels
+
+    # Real-data settings (512 px crops, big encoders) would take hours on the demo's 128 px studies on a
+    # CPU; an experiment's `on_demo:` section scales it down whenever the demo dataset stands in.
+    demo = not has_labels(resolved["data_dir"])
+    if demo and on_demo:
+        data = _merge_checked(data, on_demo, config_dir / f"{name}.yaml (on_demo)")
+        resolved = apply_overrides(data, rest)
+    resolved["dataset_kind"] = "demo" if demo else "real"
+    cfg = OmegaConf.create(resolved)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

@@ -1,0 +1,94 @@
+"""Patient-level cross-validation folds: ``python -m src.folds data_dir=... n_folds=5 seed=42``.
+
+Writes ``folds/<dataset>.csv`` (StudyInstanceUID, fold). A study is one patient, so splitting by study
+keeps a patient out of its own validation fold. Folds are stratified on all eight labels together
+(iterative multilabel stratification, Sechidis et al. 2011, from the iterative-stratification
+package): the rare vertebra labels (C3 at 3.6%) would otherwise swing widely between folds.
+Training calls :func:`ensure_folds`, which makes the file on first use and reuses it after, so every
+experiment on a dataset sees the same split.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import TARGETS
+from .config import load_config, run_main
+from .io_utils import atomic_write_csv
+from .paths import check_uid, folds_path, resolve_data_dir
+
+
+def read_labels(data_dir: Path) -> pd.DataFrame:
+    """train.csv with its UIDs checked and the two broken studies that SPEC.md names kept (callers filter)."""
+    path = Path(data_dir) / "train.csv"
+    labels = pd.read_csv(path)
+    missing = {"StudyInstanceUID", *TARGETS} - set(labels.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+    labels["StudyInstanceUID"] = [check_uid(u, str(path)) for u in labels["StudyInstanceUID"].astype(str)]
+    dup = labels["StudyInstanceUID"][labels["StudyInstanceUID"].duplicated()]
+    if len(dup):
+        raise ValueError(f"{path}: duplicate studies {list(dup[:5])}")
+    return labels
+
+
+def make_folds(labels: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.DataFrame:
+    """Assign each study a fold in 0..n_folds-1, stratified on the eight labels together."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    if len(labels) < n_folds:
+        raise ValueError(f"{len(labels)} studies cannot be split into {n_folds} folds")
+    # Sort first so the split depends on the studies, not on the CSV's row order.
+    labels = labels.sort_values("StudyInstanceUID").reset_index(drop=True)
+    y = labels[TARGETS].to_numpy(int)
+    fold = np.full(len(labels), -1)
+    splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(labels)), y)):
+        fold[val_idx] = k
+    return pd.DataFrame({"StudyInstanceUID": labels["StudyInstanceUID"], "fold": fold})
+
+
+def ensure_folds(cfg, data_dir: Path, announce=print) -> pd.DataFrame:
+    """Read folds/<dataset>.csv, making it first if absent; refuse a file that disagrees with train.csv."""
+    path = folds_path(cfg, data_dir)
+    labels = read_labels(data_dir)
+    if path.exists():
+        folds = pd.read_csv(path, dtype={"StudyInstanceUID": str})
+        known = set(folds["StudyInstanceUID"])
+        absent = [u for u in labels["StudyInstanceUID"] if u not in known]
+        if absent:
+            raise ValueError(f"{path} lacks {len(absent)} studies of {data_dir}/train.csv (e.g. {absent[0]}); "
+                             f"delete it to make new folds, or point folds_dir elsewhere")
+        if folds["fold"].max() + 1 != cfg["n_folds"]:
+            raise ValueError(f"{path} has {folds['fold'].max() + 1} folds but n_folds={cfg['n_folds']}; "
+                             f"delete it or set n_folds to match")
+        return folds
+    folds = make_folds(labels, cfg["n_folds"], cfg["seed"])
+    atomic_write_csv(path, folds)
+    announce(f"[folds] wrote {path}: {len(folds)} studies in {cfg['n_folds']} folds (seed {cfg['seed']})")
+    return folds
+
+
+def describe(labels: pd.DataFrame, folds: pd.DataFrame) -> str:
+    merged = labels.merge(folds, on="StudyInstanceUID")
+    table = merged.groupby("fold")[TARGETS].mean()
+    table.insert(0, "studies", merged.groupby("fold").size())
+    overall = merged[TARGETS].mean().to_frame("all").T
+    overall.insert(0, "studies", len(merged))
+    return pd.concat([table, overall]).round(3).to_string()
+
+
+def main(argv: list[str]) -> None:
+    cfg = load_config(argv)
+    data_dir = resolve_data_dir(cfg)
+    path = folds_path(cfg, data_dir)
+    if path.exists():
+        path.unlink()  # asked for explicitly: make them anew with the given seed
+    folds = ensure_folds(cfg, data_dir)
+    print(describe(read_labels(data_dir), folds))
+
+
+if __name__ == "__main__":
+    run_main(main)

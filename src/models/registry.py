@@ -1,0 +1,81 @@
+"""The model registry: ``@register_model("name")`` on a ``torch.nn.Module`` class built as ``Model(cfg)``.
+
+Called by the training loop (src/training/loop.py), inference and the config smoke tests. What a
+registered model promises (the loop relies on nothing else):
+
+- ``forward(batch: dict) -> dict`` with ``"logits"`` (for classifiers: (B, 8), columns in
+  ``src.TARGETS`` order) and, when the batch holds ``"labels"``, a scalar ``"loss"``.
+- Class attributes, all optional:
+  ``task``               the task (src/tasks) whose datasets and evaluation it uses; None -> ``cfg.task``
+  ``family``             W&B tag and report label; default: the registry name
+  ``needs_localisation`` True if it trains on the per-vertebra table (src.localisation builds it first)
+  ``smoke_overrides``    ``key=value`` strings that shrink it for the CPU smoke test of its config
+                         (tests/test_configs.py), e.g. ``("effnet_gru.crop_size=32",)``
+
+A model lives in ``src/models/<module>.py``; the registry finds it by importing every module of this
+package the first time a name is unknown, so adding a model never means editing this file.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Callable
+
+_MODELS: dict[str, type] = {}
+_NOT_MODELS = {"registry", "losses", "__init__"}
+
+
+def register_model(name: str) -> Callable[[type], type]:
+    def decorate(cls: type) -> type:
+        if name in _MODELS and _MODELS[name] is not cls:
+            raise ValueError(f"model name '{name}' is registered twice ({_MODELS[name].__module__} and {cls.__module__})")
+        _MODELS[name] = cls
+        cls.registry_name = name
+        return cls
+
+    return decorate
+
+
+def _import_all() -> None:
+    """Import every model module of this package so that their decorators run."""
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if module.name not in _NOT_MODELS:
+            importlib.import_module(f"{__package__}.{module.name}")
+
+
+def model_names() -> list[str]:
+    _import_all()
+    return sorted(_MODELS)
+
+
+def get_model_class(name: str) -> type:
+    if name not in _MODELS:
+        # The common case: the module is named like the model; try it alone before importing the rest.
+        try:
+            importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__package__}.{name}":
+                raise
+        if name not in _MODELS:
+            _import_all()
+    if name not in _MODELS:
+        from ..config import ConfigError, closest_keys
+
+        hint = closest_keys(name, _MODELS)
+        raise ConfigError(f"unknown model '{name}'" + (f"; did you mean {' or '.join(hint)}?" if hint else "")
+                          + f" (registered: {', '.join(sorted(_MODELS))}; a model registers itself in src/models/)")
+    return _MODELS[name]
+
+
+def build_model(cfg):
+    """The model ``cfg.model`` names, built from the config."""
+    return get_model_class(cfg["model"])(cfg)
+
+
+def model_family(cls: type) -> str:
+    return getattr(cls, "family", None) or cls.registry_name
+
+
+def model_task(cls: type, cfg) -> str:
+    return getattr(cls, "task", None) or cfg["task"]

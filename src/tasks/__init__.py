@@ -1,0 +1,54 @@
+"""Tasks: what a model trains on and how it is judged. The training loop (src/training/loop.py) asks the
+task for everything data-shaped, and the model (src/models) for everything else, so neither a new model
+nor a new task touches the loop.
+
+Which task a run uses: the model class's ``task`` attribute if it sets one, else ``cfg.task``.
+A task is a class registered with ``@register_task("name")`` in a module of this package and built as
+``Task(cfg, data_dir, cache_dir, folds, announce=print)`` (``folds``: StudyInstanceUID, fold). It provides
+
+- ``datasets() -> (train_dataset, val_dataset)`` for ``cfg.fold`` (honouring ``cfg.limit_studies``).
+  Items are dicts of tensors; the validation dataset has ``study_uids`` (one per item, in item order)
+  and is read in order, so the k-th output row belongs to its k-th study.
+- ``collate``: the DataLoader collate function, or None for torch's default.
+- ``monitor`` (a key of the metrics dict) and ``mode`` ("min" or "max"): what picks ``best.pt``.
+- ``evaluate(outputs, val_dataset) -> (metrics, oof)``: ``outputs`` maps each tensor the model returned
+  with a batch dimension (``"logits"`` at least) to the numpy array of all validation items. ``metrics``
+  is a JSON-able dict holding ``monitor``; ``oof`` a DataFrame written as ``oof.csv``, or None.
+- ``figures(metrics, oof, val_dataset, out_dir) -> {name: png path}``: end-of-run plots (may return {}).
+- optionally ``label_rates``: the training studies' label rates, handed to a model's
+  ``init_label_prior(rates)`` if it has one.
+
+Registered here: ``classify`` (whole-volume classifiers, src/tasks/volume.py). The per-vertebra
+classifier subclasses :class:`src.tasks.classify.StudyClassificationTask` and overrides ``make_dataset``;
+the localiser registers ``localize`` with its own metrics (``dice``, ``slice_iou``; mode "max").
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Callable
+
+_TASKS: dict[str, type] = {}
+
+
+def register_task(name: str) -> Callable[[type], type]:
+    def decorate(cls: type) -> type:
+        if name in _TASKS and _TASKS[name] is not cls:
+            raise ValueError(f"task name '{name}' is registered twice ({_TASKS[name].__module__} and {cls.__module__})")
+        _TASKS[name] = cls
+        cls.registry_name = name
+        return cls
+
+    return decorate
+
+
+def get_task_class(name: str) -> type:
+    if name not in _TASKS:
+        for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+            importlib.import_module(f"{__name__}.{module.name}")
+    if name not in _TASKS:
+        from ..config import ConfigError
+
+        raise ConfigError(f"unknown task '{name}' (registered: {', '.join(sorted(_TASKS))}; tasks live in src/tasks/)")
+    return _TASKS[name]
