@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -37,15 +38,26 @@ def register_model(name: str) -> Callable[[type], type]:
     return decorate
 
 
-def _import_all() -> None:
-    """Import every model module of this package so that their decorators run."""
+def _import_all() -> dict[str, str]:
+    """Import every model module of this package so that their decorators run; return the ones that failed.
+
+    One broken model file (a missing optional library, work in progress) must not hide all the others,
+    so its error is reported with the lookup instead of raised here.
+    """
+    failed = {}
     for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if module.name not in _NOT_MODELS:
-            importlib.import_module(f"{__package__}.{module.name}")
+            try:
+                importlib.import_module(f"{__package__}.{module.name}")
+            except Exception as err:  # noqa: BLE001 - reported by the caller
+                failed[module.name] = f"{type(err).__name__}: {err}"
+    return failed
 
 
 def model_names() -> list[str]:
-    _import_all()
+    failed = _import_all()
+    if failed:
+        warnings.warn(f"model modules that failed to import: {failed}")
     return sorted(_MODELS)
 
 
@@ -57,14 +69,14 @@ def get_model_class(name: str) -> type:
         except ModuleNotFoundError as err:
             if err.name != f"{__package__}.{name}":
                 raise
-        if name not in _MODELS:
-            _import_all()
+    failed = _import_all() if name not in _MODELS else {}
     if name not in _MODELS:
         from ..config import ConfigError, closest_keys
 
         hint = closest_keys(name, _MODELS)
         raise ConfigError(f"unknown model '{name}'" + (f"; did you mean {' or '.join(hint)}?" if hint else "")
-                          + f" (registered: {', '.join(sorted(_MODELS))}; a model registers itself in src/models/)")
+                          + f" (registered: {', '.join(sorted(_MODELS))}; a model registers itself in src/models/)"
+                          + (f"; modules that failed to import: {failed}" if failed else ""))
     return _MODELS[name]
 
 

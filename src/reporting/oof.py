@@ -25,13 +25,17 @@ class OofCV:
     note: str = ""  # why the score is missing or partial
 
 
-def labels_path_for(run: FoldRun) -> Path | None:
-    """train.csv of the data the run was trained on, if it can still be found from here."""
+def labels_path_for(run: FoldRun) -> tuple[Path | None, str]:
+    """train.csv of the data the run was trained on if it can still be found from here, else why not."""
+    if "data_dir" not in run.config:
+        return None, f"{run.experiment}/fold{run.fold}/config.yaml names no data_dir"
     try:
         data_dir = resolve_data_dir(run.config, generate=False, announce=lambda *_: None)
-    except (KeyError, TypeError, FileNotFoundError):
-        return None
-    return data_dir / "train.csv"
+    except (KeyError, TypeError) as err:
+        return None, f"{run.experiment}/fold{run.fold}/config.yaml lacks {err}"
+    except FileNotFoundError:
+        return None, f"no train.csv in {run.config['data_dir']} (nor in the demo folder)"
+    return data_dir / "train.csv", ""
 
 
 def concatenated_oof(runs: list[FoldRun]) -> tuple[pd.DataFrame | None, list[str]]:
@@ -61,9 +65,9 @@ def oof_cv(runs: list[FoldRun], truth_path: Path | None = None,
         # Two folds predicted the same study: the folds were not a partition (different fold files?).
         notes.append(f"{int(duplicated.sum())} studies appear in more than one fold; kept the first")
         oof = oof[~duplicated]
-    path = Path(truth_path) if truth_path else labels_path_for(runs[0])
+    path, why = (Path(truth_path), "") if truth_path else labels_path_for(runs[0])
     if path is None or not path.exists():
-        notes.append(f"labels not found ({path or 'no data_dir in config.yaml'}); pass truth=<train.csv>")
+        notes.append(f"labels not found ({why or f'no {path}'}); pass truth=<train.csv>")
         return OofCV(None, len(oof), "; ".join(notes))
     cache = {} if _labels_cache is None else _labels_cache
     if path not in cache:

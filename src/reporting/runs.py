@@ -42,13 +42,18 @@ class FoldRun:
 
     @property
     def task(self) -> str:
-        """``localize`` or ``classify``: from the config, else guessed from which metric is present."""
-        task = self.config.get("task")
-        if task in ("localize", "classify"):
-            return task
-        if self.metrics is not None and "score" not in self.metrics and "dice" in self.metrics:
-            return "localize"
-        return "classify"
+        """``localize`` or ``classify``, from what the run wrote: the headline metric decides.
+
+        config.yaml's ``task`` is only a fallback: a model class may fix its own task (the localiser does)
+        while the saved config keeps the default ``classify``.
+        """
+        for source in (self.metrics, None if self.history is None else dict.fromkeys(self.history.columns)):
+            if source:
+                if "score" in source:
+                    return "classify"
+                if "dice" in source:
+                    return "localize"
+        return "localize" if self.config.get("task") == "localize" else "classify"
 
     @property
     def model(self) -> str:

@@ -19,6 +19,8 @@ input always gives byte-identical files.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -86,6 +88,10 @@ def _base_dataset(study_uid: str, series_uid: str, sop_uid: str, frame_uid: str,
     # The Kaggle data is anonymised: the patient ID is the study UID, no names or dates.
     ds.PatientID = study_uid.rsplit(".", 1)[-1]
     ds.PatientName = ""
+    # present but empty, as anonymised: GDCM would otherwise fill in today's date and time
+    for keyword in ("StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
+                    "PatientBirthDate", "PatientSex"):
+        setattr(ds, keyword, "")
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.FrameOfReferenceUID = frame_uid
@@ -150,6 +156,30 @@ def _gdcm_to_jpeg_lossless(src: Path, dst: Path) -> None:
         raise RuntimeError(f"GDCM could not write {dst}")
 
 
+def _save(ds: Dataset, pixels: np.ndarray, syntax: str, path: Path, atomic: bool) -> None:
+    """Encode ``pixels`` (already in ds.PixelData, uncompressed) as ``syntax`` and write ``path``."""
+    ds.file_meta = _file_meta(ds.SOPInstanceUID, ExplicitVRLittleEndian)
+    if syntax == JPEGLosslessSV1:
+        # GDCM transcodes files, not in-memory datasets: an uncompressed scratch file comes first
+        with atomic_path(path) as tmp:
+            raw_tmp = tmp.with_name(tmp.name + ".raw")
+            try:
+                ds.save_as(raw_tmp, enforce_file_format=True)
+                _gdcm_to_jpeg_lossless(raw_tmp, tmp)
+            finally:
+                raw_tmp.unlink(missing_ok=True)
+        return
+    if syntax != ExplicitVRLittleEndian:
+        # pydicom sets the new transfer syntax in file_meta and encapsulates the frame
+        ds.compress(syntax, pixels, encoding_plugin="pylibjpeg" if syntax == JPEG2000Lossless else "",
+                    generate_instance_uid=False)
+    if atomic:
+        with atomic_path(path) as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
+    else:
+        ds.save_as(path, enforce_file_format=True)
+
+
 def write_slice(path: Path, hu: np.ndarray, *, study_uid: str, series_uid: str, sop_uid: str, frame_uid: str,
                 instance_number: int, position: Sequence[float], pixel_spacing: tuple[float, float],
                 slice_thickness: float, transfer_syntax: str = "explicit_le", intercept: float = -1024.0,
@@ -172,24 +202,7 @@ def write_slice(path: Path, hu: np.ndarray, *, study_uid: str, series_uid: str, 
                        slice_thickness, intercept, slope)
     _set_pixels(ds, pixels, rep, bits)
     path = Path(path)
-    if syntax == JPEGLosslessSV1:
-        ds.file_meta = _file_meta(sop_uid, ExplicitVRLittleEndian)
-        # GDCM transcodes files, not in-memory datasets: an uncompressed scratch file comes first
-        with atomic_path(path) as tmp:
-            raw_tmp = tmp.with_name(tmp.name + ".raw")
-            try:
-                ds.save_as(raw_tmp, enforce_file_format=True)
-                _gdcm_to_jpeg_lossless(raw_tmp, tmp)
-            finally:
-                raw_tmp.unlink(missing_ok=True)
-        return path
-    ds.file_meta = _file_meta(sop_uid, ExplicitVRLittleEndian)
-    if syntax != ExplicitVRLittleEndian:
-        # pydicom sets the new transfer syntax in file_meta and encapsulates the frame
-        ds.compress(syntax, pixels, encoding_plugin="pylibjpeg" if syntax == JPEG2000Lossless else "",
-                    generate_instance_uid=False)
-    with atomic_path(path) as tmp:
-        ds.save_as(tmp, enforce_file_format=True)
+    _save(ds, pixels, syntax, path, atomic=True)
     return path
 
 
@@ -202,8 +215,12 @@ def write_series(study_dir: Path, hu: np.ndarray, *, study_uid: str, slice_numbe
     ``z_positions[i]`` is slice i's ImagePositionPatient z (the head has the largest z);
     ``transfer_syntaxes`` is one name for every slice or one per slice. InstanceNumber equals the
     slice number, as in the Kaggle files. Returns the paths in the order of ``hu``.
+
+    A new ``study_dir`` is built under a hidden name and renamed into place, so a reader never sees
+    half a study; into an existing folder each file is written atomically instead.
     """
     hu = np.asarray(hu)
+    study_dir = Path(study_dir)
     if hu.ndim != 3:
         raise ValueError(f"{study_dir}: hu must be (slices, rows, cols), got shape {hu.shape}")
     n = hu.shape[0]
@@ -215,24 +232,39 @@ def write_series(study_dir: Path, hu: np.ndarray, *, study_uid: str, slice_numbe
     syntaxes = [transfer_syntaxes] * n if isinstance(transfer_syntaxes, str) else list(transfer_syntaxes)
     if len(syntaxes) != n:
         raise ValueError(f"{study_dir}: {n} slices but {len(syntaxes)} transfer syntaxes")
-    for name in set(syntaxes):
-        _resolve_syntax(name)
+    syntaxes = [_resolve_syntax(name) for name in syntaxes]
+    if JPEG2000Lossless in syntaxes and min(hu.shape[1:]) < 32:
+        # openjpeg's encoder uses 6 resolution levels, which needs at least 32 pixels a side
+        raise ValueError(f"{study_dir}: JPEG 2000 needs slices of at least 32 x 32 pixels, got {hu.shape[1:]}")
     # one pixel format for the whole series, as a scanner would write it
-    _, rep, bits = stored_values(hu, intercept, slope)
+    pixels, rep, bits = stored_values(hu, intercept, slope)
     series_uid = derived_uid(study_uid, "series")
     frame_uid = derived_uid(study_uid, "frame")
-    study_dir = Path(study_dir)
-    os.makedirs(study_dir, exist_ok=True)
-    paths = []
-    for i in range(n):
-        number = int(slice_numbers[i])
-        paths.append(write_slice(
-            study_dir / f"{number}.dcm", hu[i], study_uid=study_uid, series_uid=series_uid,
-            sop_uid=derived_uid(study_uid, "sop", number), frame_uid=frame_uid, instance_number=number,
-            position=(origin_xy[0], origin_xy[1], float(z_positions[i])), pixel_spacing=pixel_spacing,
-            slice_thickness=slice_thickness, transfer_syntax=syntaxes[i], intercept=intercept, slope=slope,
-            pixel_representation=rep, bits_stored=bits))
-    return paths
+    fresh = not study_dir.exists()
+    if fresh:
+        study_dir.parent.mkdir(parents=True, exist_ok=True)
+        target = Path(tempfile.mkdtemp(prefix=f".{study_dir.name}.", dir=study_dir.parent))
+    else:
+        target = study_dir
+    try:
+        # one dataset, updated per slice: building 40 elements per file is most of pydicom's cost
+        ds = _base_dataset(study_uid, series_uid, "", frame_uid, 0, (0.0, 0.0, 0.0), pixel_spacing,
+                           slice_thickness, intercept, slope)
+        for i in range(n):
+            number = int(slice_numbers[i])
+            ds.SOPInstanceUID = derived_uid(study_uid, "sop", number)
+            ds.InstanceNumber = number
+            ds.ImagePositionPatient = [float(origin_xy[0]), float(origin_xy[1]), float(z_positions[i])]
+            ds.SliceLocation = float(z_positions[i])
+            _set_pixels(ds, pixels[i], rep, bits)
+            _save(ds, pixels[i], syntaxes[i], target / f"{number}.dcm", atomic=not fresh)
+        if fresh:
+            os.replace(target, study_dir)
+    except BaseException:
+        if fresh:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    return [study_dir / f"{int(s)}.dcm" for s in slice_numbers]
 
 
 def read_hu(path: Path) -> np.ndarray:

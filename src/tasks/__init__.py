@@ -44,11 +44,17 @@ def register_task(name: str) -> Callable[[type], type]:
 
 
 def get_task_class(name: str) -> type:
+    failed = {}
     if name not in _TASKS:
+        # one broken task file must not hide the others: its error goes into the message instead
         for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
-            importlib.import_module(f"{__name__}.{module.name}")
+            try:
+                importlib.import_module(f"{__name__}.{module.name}")
+            except Exception as err:  # noqa: BLE001 - reported below
+                failed[module.name] = f"{type(err).__name__}: {err}"
     if name not in _TASKS:
         from ..config import ConfigError
 
-        raise ConfigError(f"unknown task '{name}' (registered: {', '.join(sorted(_TASKS))}; tasks live in src/tasks/)")
+        raise ConfigError(f"unknown task '{name}' (registered: {', '.join(sorted(_TASKS))}; tasks live in src/tasks/ "
+                          f"or register from their model's module)" + (f"; failed to import: {failed}" if failed else ""))
     return _TASKS[name]

@@ -1,0 +1,31 @@
+"""``python infer.py key=value ...``: predict every study of test.csv and write submission.csv.
+
+Settings in configs/infer.yaml (members, weights, localiser, TTA, output...). What it does is
+src/inference/pipeline.py; this file is the command line only, so that a Kaggle notebook can run
+``!python infer.py data_dir=/kaggle/input/rsna-2022-cervical-spine-fracture-detection runs_dir=/kaggle/input/<weights>``.
+"""
+from __future__ import annotations
+
+import sys
+
+from src.config import ConfigError, run_main
+from src.inference.runs import RunNotFoundError
+from src.metric import SubmissionError
+
+
+def main(argv: list[str]) -> dict:
+    from src.inference.pipeline import run_inference
+    from src.inference.settings import load_infer_config
+
+    cfg = load_infer_config(argv)
+    try:
+        return run_inference(cfg)
+    except RunNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    except SubmissionError as err:
+        print(f"submission not written: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    run_main(main)

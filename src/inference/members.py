@@ -1,0 +1,165 @@
+"""Trained runs loaded for prediction: every fold's ``best.pt`` of an ensemble member, ready on a device.
+
+Called by the inference pipeline and the inference benchmark. Offline by construction: each model is
+built from the config saved with its weights with ``pretrained=false`` (nothing is downloaded, ever),
+then given the weights of ``best.pt``, loaded with ``torch.load(weights_only=True)`` so a checkpoint
+from elsewhere cannot run code. A member's prediction for a study is the mean of its folds'
+probabilities (and of the mirrored input's, with TTA), each fold run exactly as the training loop
+validated it (same batch builder, autocast and dtype).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from ..config import ConfigError
+from .adapters import ADAPTERS, NEEDS_LOCALISATION, mirror
+from .runs import select_folds
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA device is visible; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast on GPU for ``auto`` (what the training loop validated with), fp32 on CPU."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext
+
+
+def read_run_config(fold_dir: Path, checkpoint: dict) -> dict:
+    """The resolved config the weights were trained with: the checkpoint's own copy, else config.yaml."""
+    cfg = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(cfg, dict):
+        path = Path(fold_dir) / "config.yaml"
+        if not path.exists():
+            raise ConfigError(f"{fold_dir}: neither best.pt nor config.yaml holds the run's config; re-train the fold")
+        cfg = yaml.safe_load(path.read_text()) or {}
+    # Offline: the trained weights replace any pretrained ones, so nothing may be fetched to build the net.
+    return dict(cfg, pretrained=False, pretrained_path=None)
+
+
+def load_fold_model(fold_dir: Path, device: torch.device):
+    """(model in eval mode on ``device``, its config as a read-only DictConfig) from one fold folder."""
+    from ..models.registry import build_model
+
+    path = Path(fold_dir) / "best.pt"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and "unsupported global" errors all mean: not a checkpoint we can trust
+        raise ConfigError(f"{path}: cannot load ({type(err).__name__}: {err}); re-train the fold or leave it out") from err
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path}: no model weights inside (expected the training loop's best.pt)")
+    cfg = OmegaConf.create(read_run_config(fold_dir, checkpoint))
+    OmegaConf.set_readonly(cfg, True)
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ConfigError(f"{path}: the weights do not fit the model its config describes ({err})") from err
+    return model.to(device).eval(), cfg
+
+
+def member_task(cfg) -> str:
+    from ..models.registry import get_model_class, model_task
+
+    return model_task(get_model_class(cfg["model"]), cfg)
+
+
+@dataclass
+class FoldModel:
+    fold: int
+    model: torch.nn.Module
+    cfg: object
+    task: str
+
+    @property
+    def size(self) -> int:
+        return int(self.cfg["prepare"]["size"])
+
+
+@dataclass
+class Member:
+    """One ensemble member: a run's fold models and its weight in the ensemble."""
+
+    run: str
+    weight: float
+    folds: list[FoldModel] = field(default_factory=list)
+
+    @property
+    def sizes(self) -> set[int]:
+        return {f.size for f in self.folds}
+
+    @property
+    def needs_localisation(self) -> bool:
+        return any(NEEDS_LOCALISATION[f.task] for f in self.folds)
+
+    @torch.no_grad()
+    def predict(self, staged: dict[int, Path], uid: str, localisation: pd.DataFrame | None,
+                device: torch.device, precision: str = "auto", tta: bool = False) -> np.ndarray:
+        """Eight probabilities (TARGETS order) for one study: the mean over folds and TTA views.
+
+        ``staged`` maps each cache size to the scratch cache holding the study
+        (src/inference/reading.py). Raises ValueError if a fold gives a non-finite output, so the
+        caller can fall back.
+        """
+        autocast = autocast_context(device, precision)
+        probs = []
+        batches: dict[tuple, dict] = {}
+        for fold in self.folds:
+            # folds of one run share their preprocessing; build each distinct batch once
+            key = (fold.task, fold.size, _batch_key(fold.cfg))
+            if key not in batches:
+                batches[key] = ADAPTERS[fold.task](fold.cfg, staged[fold.size], uid, localisation)
+            views = [batches[key]] + ([mirror(batches[key])] if tta else [])
+            for batch in views:
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                with autocast():
+                    logits = fold.model(batch)["logits"]
+                p = torch.sigmoid(logits.float()).cpu().numpy().reshape(-1)
+                if p.shape != (8,) or not np.all(np.isfinite(p)):
+                    raise ValueError(f"{self.run} fold {fold.fold} gave {p.shape} outputs, finite: {np.isfinite(p).all()}")
+                probs.append(p)
+        return np.mean(probs, axis=0)
+
+
+def _batch_key(cfg) -> str:
+    """What decides a task's input: its windows and model-specific preprocessing keys."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return yaml.safe_dump({k: plain.get(k) for k in ("windows", "cnn3d", "effnet_gru", "prepare")}, sort_keys=True)
+
+
+def load_member(runs_dir: Path, run: str, weight: float, folds, device: torch.device, announce=print) -> Member:
+    """Every requested fold of ``run`` (RunNotFoundError lists the runs that exist when it is not there)."""
+    member = Member(run, float(weight))
+    for fold, fold_dir in select_folds(runs_dir, run, folds).items():
+        model, cfg = load_fold_model(fold_dir, device)
+        task = member_task(cfg)
+        if task not in ADAPTERS:
+            raise ConfigError(f"{fold_dir}: model '{cfg['model']}' uses task '{task}', which inference cannot feed "
+                              f"(known: {', '.join(ADAPTERS)}); add an adapter in src/inference/adapters.py")
+        member.folds.append(FoldModel(fold, model, cfg, task))
+    n_params = sum(p.numel() for p in member.folds[0].model.parameters())
+    announce(f"[members] {run}: folds {[f.fold for f in member.folds]}, model {member.folds[0].cfg['model']} "
+             f"({n_params / 1e6:.2f} M parameters), weight {weight:.3f}, cache size {sorted(member.sizes)}")
+    return member
+
+
+def finite_probs(p: np.ndarray) -> bool:
+    return p.shape == (8,) and all(math.isfinite(v) and 0 <= v <= 1 for v in p)

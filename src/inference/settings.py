@@ -1,0 +1,155 @@
+"""The settings of ``python infer.py``: configs/infer.yaml plus checked ``key=value`` overrides.
+
+Called by infer.py and by src.ensemble (which reads the default member list from here). infer.yaml is
+not an experiment (it trains nothing and inherits nothing), so it is read on its own with
+src.config.parse_overrides: an unknown key or a value of the wrong type is an error, as everywhere.
+Also resolves the member list against an ensemble file written by ``python -m src.ensemble``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..config import CONFIG_DIR, ConfigError, load_experiment_file, parse_overrides
+from ..ensembling.weights import COMBINE_SPACES
+from ..paths import _abs, has_labels, resolve_data_dir
+
+INFER_CONFIG = CONFIG_DIR / "infer.yaml"
+ENSEMBLE_FILE = "ensemble.json"
+_MEMBER_KEYS = {"run", "weight", "folds"}
+
+
+@dataclass
+class MemberSpec:
+    run: str
+    weight: float = 1.0
+    folds: object = "all"  # "all" or a list of fold numbers
+
+
+def infer_defaults(path: Path = INFER_CONFIG) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read the inference settings ({err})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return data
+
+
+def load_infer_config(argv: list[str] | None = None, path: Path = INFER_CONFIG) -> dict:
+    """configs/infer.yaml with the overrides applied and checked; members normalised to dicts."""
+    try:
+        cfg = parse_overrides(argv, infer_defaults(path))
+    except ConfigError as err:  # the shared checker points at default.yaml; these keys live in infer.yaml
+        raise ConfigError(str(err).replace("configs/default.yaml", str(Path(path).name))) from None
+    cfg["members"] = [vars(m) for m in parse_members(cfg["members"])]
+    if cfg["combine"] not in ("auto", *COMBINE_SPACES):
+        raise ConfigError(f"combine={cfg['combine']!r}; expected auto, {' or '.join(COMBINE_SPACES)}")
+    if cfg["device"] not in ("auto", "cpu", "cuda") and not str(cfg["device"]).startswith("cuda:"):
+        raise ConfigError(f"device={cfg['device']!r}; expected auto, cpu or cuda")
+    if cfg["precision"] not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"precision={cfg['precision']!r}; expected auto, bf16 or fp32")
+    return cfg
+
+
+def parse_members(entries) -> list[MemberSpec]:
+    """``members`` entries (a run name, or {run, weight, folds}) as MemberSpecs; anything else is refused."""
+    if isinstance(entries, str):
+        entries = [e for e in entries.strip("[]").split(",") if e.strip()]
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("members must be a non-empty list of run names or {run: NAME, weight: W, folds: all|[..]}")
+    specs = []
+    for entry in entries:
+        if isinstance(entry, str):
+            entry = {"run": entry.strip()}
+        if not isinstance(entry, dict) or "run" not in entry:
+            raise ConfigError(f"member {entry!r}: expected a run name or {{run: NAME, weight: W, folds: all|[0, 1]}}")
+        unknown = set(entry) - _MEMBER_KEYS
+        if unknown:
+            raise ConfigError(f"member {entry!r}: unknown key(s) {sorted(unknown)}; a member has {sorted(_MEMBER_KEYS)}")
+        weight = entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ConfigError(f"member {entry['run']}: weight must be a number >= 0, got {weight!r}")
+        folds = entry.get("folds", "all")
+        if isinstance(folds, int) and not isinstance(folds, bool):
+            folds = [folds]
+        if folds != "all" and not (isinstance(folds, list) and folds
+                                   and all(isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in folds)):
+            raise ConfigError(f"member {entry['run']}: folds must be 'all' or a list of fold numbers, got {folds!r}")
+        specs.append(MemberSpec(str(entry["run"]), float(weight), folds))
+    names = [s.run for s in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"a run is listed twice in members: {names}")
+    if sum(s.weight for s in specs) <= 0:
+        raise ConfigError("every member has weight 0; give at least one a positive weight")
+    return specs
+
+
+def resolve_test_data(cfg: dict, announce=print) -> Path:
+    """The folder holding test.csv: ``data_dir`` when it has one (Kaggle's hidden test set has no labels
+    beside it in some setups, so train.csv is not required), else the demo dataset as in training."""
+    data_dir = _abs(cfg["data_dir"])
+    if (data_dir / "test.csv").exists():
+        return data_dir
+    defaults = load_experiment_file("default")
+    demo_cfg = {"data_dir": str(data_dir), "demo": defaults["demo"]}
+    if has_labels(data_dir):
+        raise FileNotFoundError(f"{data_dir} has train.csv but no test.csv; point data_dir at the competition folder")
+    return resolve_data_dir(demo_cfg, generate=True, announce=announce)
+
+
+def read_ensemble_file(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the ensemble file ({err}); re-run `python -m src.ensemble`") from err
+    ok = (isinstance(data, dict) and isinstance(data.get("members"), list) and isinstance(data.get("weights"), list)
+          and len(data["members"]) == len(data["weights"]) and data.get("combine") in COMBINE_SPACES)
+    if not ok:
+        raise ConfigError(f"{path}: not an ensemble file (needs members, weights of the same length, combine "
+                          f"{'|'.join(COMBINE_SPACES)}); re-run `python -m src.ensemble`")
+    return data
+
+
+def resolve_members(cfg: dict, announce=print) -> tuple[list[MemberSpec], str, str]:
+    """(members with their final weights, combine space, where the weights came from).
+
+    ``ensemble=auto`` takes ``<runs_dir>/ensemble.json`` when it names exactly the configured runs (a
+    file fitted for other runs is ignored with a note); ``ensemble=<path>`` must exist, and its
+    members replace the configured ones (their folds are kept when a run is configured too).
+    """
+    members = parse_members(cfg["members"])
+    choice = str(cfg["ensemble"]).strip()
+    source = "configs/infer.yaml weights"
+    data = None
+    if choice.lower() in ("none", "null", ""):
+        pass
+    elif choice == "auto":
+        path = _abs(cfg["runs_dir"]) / ENSEMBLE_FILE
+        if path.exists():
+            found = read_ensemble_file(path)
+            if sorted(found["members"]) == sorted(m.run for m in members):
+                data, source = found, f"{path} (fitted by src.ensemble)"
+            else:
+                announce(f"[ensemble] {path} was fitted for {found['members']}, not these members "
+                         f"{[m.run for m in members]}; using the configured weights")
+    else:
+        path = _abs(choice)
+        if not path.exists():
+            raise ConfigError(f"ensemble={choice}: no such file; run `python -m src.ensemble` or set ensemble=auto")
+        data, source = read_ensemble_file(path), f"{path} (fitted by src.ensemble)"
+    combine = cfg["combine"]
+    if data is not None:
+        folds = {m.run: m.folds for m in members}
+        members = [MemberSpec(str(run), float(w), folds.get(str(run), "all"))
+                   for run, w in zip(data["members"], data["weights"])]
+        if combine == "auto":
+            combine = data["combine"]
+        if sum(m.weight for m in members) <= 0:
+            raise ConfigError(f"{source}: every weight is 0")
+    if combine == "auto":
+        combine = "prob"
+    return members, combine, source

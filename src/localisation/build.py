@@ -1,0 +1,128 @@
+"""The localisation table of a whole dataset: train the fold localisers it needs, predict every cached
+study, write ``src.paths.localisation_path`` atomically.
+
+Called by ``python -m src.localize`` (always rebuilds the table) and by :func:`ensure_localisation`
+(src/localisation/__init__.py; train.sh, when a classifier needs the table and it is missing).
+
+Which model predicts which study:
+
+- a segmented train study: the model of the fold that held it out, so its rows are out-of-fold and its
+  Dice/IoU are honest; if that fold was not trained, the nearest trained fold (it saw the study in
+  training: counted and announced as in-sample);
+- every other study (unsegmented train studies, cached test studies): all trained fold models averaged.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .. import VERTEBRAE
+from ..data.cache import cached_uids, load_study
+from ..io_utils import atomic_write_csv
+from ..paths import localisation_path, run_dir
+from .extents import extents_for, min_voxels
+from .metrics import nanmean
+from .predict import load_localizers, predict_probs
+from .resample import probs_to_labels
+from .table import study_rows
+from .task import judge_study
+
+SPLITS = ("train_images", "test_images")
+
+
+def wanted_folds(cfg) -> list[int]:
+    """``localizer.folds``, or every fold when it is empty."""
+    folds = list(cfg["localizer"]["folds"]) or list(range(cfg["n_folds"]))
+    bad = [k for k in folds if not 0 <= int(k) < cfg["n_folds"]]
+    if bad:
+        raise ValueError(f"localizer.folds {folds}: fold(s) {bad} outside 0..{cfg['n_folds'] - 1}")
+    return [int(k) for k in folds]
+
+
+def fold_checkpoints(cfg) -> dict[int, Path]:
+    """Fold -> best.pt of the localiser experiment ``cfg.experiment``, for the folds trained so far."""
+    found = {}
+    for k in range(cfg["n_folds"]):
+        path = run_dir(cfg, fold=k) / "best.pt"
+        if path.exists():
+            found[k] = path
+    return found
+
+
+def train_missing_folds(cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, announce=print) -> None:
+    """Train, through the one training loop, each wanted fold that has no best.pt yet."""
+    from omegaconf import OmegaConf
+
+    from ..training import fit
+    from .task import LocalisationTask
+
+    todo = [k for k in wanted_folds(cfg) if not (run_dir(cfg, fold=k) / "best.pt").exists()]
+    for k in todo:
+        fold_cfg = OmegaConf.merge(cfg, {"fold": k})
+        folder = run_dir(fold_cfg)
+        announce(f"[localisation] training the localiser for fold {k} into {folder} ({fold_cfg['epochs']} epochs)")
+        task = LocalisationTask(fold_cfg, data_dir, cache_dir, folds, announce=announce)
+        fit(fold_cfg, task, folder, dataset_kind=fold_cfg["dataset_kind"], announce=announce)
+
+
+def nearest_fold(fold: int, available) -> int:
+    return min(available, key=lambda k: (abs(k - fold), k))
+
+
+def build_table(cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, announce=print) -> tuple[pd.DataFrame, dict]:
+    """Predict every cached study with the trained fold localisers; write the table; return it and a summary
+    (out-of-fold Dice and slice IoU over the segmented studies, studies and estimated rows counted)."""
+    from tqdm import tqdm
+
+    from ..training.loop import pick_device
+
+    checkpoints = fold_checkpoints(cfg)
+    if not checkpoints:
+        raise FileNotFoundError(f"no trained localiser in {run_dir(cfg, fold=0).parent} (fold*/best.pt); "
+                                f"train one with `bash train.sh config={cfg['experiment']} fold=0`")
+    device = pick_device(cfg)
+    models = dict(zip(checkpoints, load_localizers(checkpoints.values(), device)))
+    announce(f"[localisation] predicting with the localisers of fold(s) {sorted(models)} on {device}")
+    fold_of = dict(zip(folds["StudyInstanceUID"], folds["fold"]))
+    studies = [(split, uid) for split in SPLITS for uid in cached_uids(cache_dir, split)]
+    if not studies:
+        raise FileNotFoundError(f"no cached studies in {cache_dir}; run `python -m src.prepare` first")
+    parts, dices, ious, in_sample = [], [], [], 0
+    for split, uid in tqdm(studies, desc="localise", unit="study", disable=not cfg["progress"]):
+        study = load_study(cache_dir, split, uid)
+        segmented = split == "train_images" and study.mask is not None and uid in fold_of
+        if segmented:
+            k = nearest_fold(int(fold_of[uid]), models)
+            in_sample += int(k != fold_of[uid])
+            probs = predict_probs([models[k]], study.volume)
+            rows, dice, iou, _ = judge_study(probs, study, cfg)
+            if k == fold_of[uid]:
+                dices.append(dice)
+                ious.append(iou)
+        else:
+            probs = predict_probs(list(models.values()), study.volume)
+            grid = study.volume.shape
+            labels, confidence = probs_to_labels(probs, grid)
+            rows = study_rows(uid, extents_for(labels, confidence, min_voxels(cfg, grid)), study.meta, grid)
+        parts.append(rows)
+    table = pd.concat(parts, ignore_index=True)
+    path = localisation_path(cfg, cache_dir)
+    atomic_write_csv(path, table)
+    summary = {
+        "studies": len(studies), "estimated_rows": int(table["estimated"].sum()),
+        "oof_studies": len(dices), "in_sample_studies": in_sample,
+        "dice": nanmean([nanmean(d.values()) for d in dices]) if dices else float("nan"),
+        "slice_iou": nanmean([nanmean(d.values()) for d in ious]) if ious else float("nan"),
+        "per_target_dice": {v: nanmean([d[v] for d in dices]) for v in VERTEBRAE},
+        "per_target_slice_iou": {v: nanmean([d[v] for d in ious]) for v in VERTEBRAE},
+    }
+    announce(f"[localisation] wrote {path}: {len(studies)} studies, {summary['estimated_rows']} estimated rows of "
+             f"{len(table)}")
+    if in_sample:
+        announce(f"[localisation] {in_sample} segmented studies were predicted by a localiser that trained on them "
+                 f"(their fold is not trained; set localizer.folds=[] for all folds)")
+    if dices:
+        announce(f"[localisation] out-of-fold on {len(dices)} segmented studies: dice {summary['dice']:.4f}, "
+                 f"slice_iou {summary['slice_iou']:.4f}")
+    return table, summary

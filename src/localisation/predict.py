@@ -1,0 +1,74 @@
+"""Run trained localisers on a study and turn their output into the study's seven table rows.
+
+Called by src/localisation/build.py (every cached study of a dataset) and by inference (a test study
+read straight from DICOM): ``load_localizers`` once, then ``localise_volume`` per study. Several models
+(the fold models) are averaged in probability; each model is fed the study exactly as it was trained
+(its own ``localizer.shape`` and ``windows``, read from its checkpoint).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+
+from .extents import extents_for, min_voxels
+from .resample import model_input, probs_to_labels, resample_volume
+from .table import study_rows
+
+
+def load_localizers(checkpoints, device: str | torch.device = "cpu") -> list[torch.nn.Module]:
+    """Localiser models from ``best.pt`` files (or run folders holding one), in eval mode on ``device``."""
+    from ..models.registry import get_model_class
+    from ..training.checkpoint import load_checkpoint, load_model_state
+
+    models = []
+    for path in checkpoints:
+        path = Path(path)
+        path = path / "best.pt" if path.is_dir() else path
+        state = load_checkpoint(path, map_location="cpu")
+        cfg = OmegaConf.create(state["config"])
+        model = get_model_class(state["model_name"])(cfg)
+        load_model_state(model, state["model"])
+        model.input_shape = tuple(int(s) for s in cfg["localizer"]["shape"])
+        model.windows = [list(w) for w in cfg["windows"]]
+        model.source = str(path)
+        models.append(model.to(device).eval())
+    return models
+
+
+@torch.no_grad()
+def predict_probs(models, volume: np.ndarray) -> torch.Tensor:
+    """Mean class probabilities (8, D, H, W) of ``models`` on an int16 HU volume (slices, rows, cols)."""
+    if not models:
+        raise ValueError("predict_probs needs at least one model")
+    shapes = {m.input_shape for m in models}
+    if len(shapes) > 1:
+        raise ValueError(f"localisers trained at different shapes {sorted(shapes)} cannot be averaged; "
+                         f"pass models of one experiment")
+    hu = resample_volume(np.asarray(volume), models[0].input_shape)
+    total = None
+    for model in models:
+        device = next(model.parameters()).device
+        x = model_input(hu, model.windows)[None].to(device)
+        probs = torch.softmax(model({"volume": x})["logits"].float(), dim=1)[0].cpu()
+        total = probs if total is None else total + probs
+    return total / len(models)
+
+
+def localise_volume(models, volume: np.ndarray, meta: dict, cfg, study_uid: str | None = None) -> pd.DataFrame:
+    """The seven localisation rows of one study from its int16 HU volume (head to feet, as src.data.cache
+    stores it) and meta (``slice_numbers``, ``original_shape``). With no models, or where a model finds
+    nothing, vertebrae are estimated (``estimated`` True) rather than left out."""
+    uid = study_uid or meta.get("uid")
+    if uid is None:
+        raise ValueError("localise_volume needs the study's UID, in meta['uid'] or study_uid=")
+    grid = tuple(int(s) for s in np.shape(volume))
+    if models:
+        labels, confidence = probs_to_labels(predict_probs(models, volume), grid)
+    else:
+        labels, confidence = np.zeros(grid, dtype=np.uint8), None
+    extents = extents_for(labels, confidence, min_voxels(cfg, grid))
+    return study_rows(uid, extents, meta, grid)

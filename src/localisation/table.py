@@ -1,0 +1,75 @@
+"""The localisation table: seven rows per study that say where each vertebra is in the study's own terms.
+
+Called by src/localisation/predict.py (one study) and src/localisation/build.py (the whole dataset);
+read by the per-vertebra classifier and by inference. Columns (shared/SPEC.md):
+
+- ``StudyInstanceUID``, ``vertebra`` (C1..C7)
+- ``slice_min``, ``slice_max``: the study's own DICOM file numbers (``<n>.dcm``) of the first and last
+  slice the vertebra covers, as min/max of the numbers, whatever the storage order and gaps
+- ``x0, y0, x1, y1``: box in pixels of the ORIGINAL slice, x = column, y = row; x0/y0 inclusive and
+  x1/y1 exclusive, so ``pixels[y0:y1, x0:x1]`` is the crop
+- ``confidence``: mean softmax probability of the vertebra over its voxels (0 for estimates)
+- ``estimated``: True when the model found too little and the row was inferred from neighbours
+
+Extents arrive on the cache grid (src/localisation/extents.py); the cache's in-plane size is a resize of
+the whole original slice, so boxes scale by ``original_shape / shape``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import VERTEBRAE
+from .extents import Extent
+
+COLUMNS = ["StudyInstanceUID", "vertebra", "slice_min", "slice_max", "x0", "y0", "x1", "y1", "confidence", "estimated"]
+
+
+def study_rows(uid: str, extents: dict[str, Extent], meta: dict, grid_shape) -> pd.DataFrame:
+    """Seven table rows for one study from its extents on the cache grid ``grid_shape`` (S, H, W)."""
+    n_slices, n_rows, n_cols = (int(s) for s in grid_shape)
+    slice_numbers = np.asarray(meta["slice_numbers"])
+    if len(slice_numbers) != n_slices:
+        raise ValueError(f"study {uid}: meta has {len(slice_numbers)} slice_numbers but the volume has {n_slices} "
+                         f"slices; the cache entry is inconsistent, rebuild it with `python -m src.prepare`")
+    orig_rows, orig_cols = (int(s) for s in meta.get("original_shape", (n_rows, n_cols)))
+    row_scale, col_scale = orig_rows / n_rows, orig_cols / n_cols
+    records = []
+    for name in VERTEBRAE:
+        ext = extents[name]
+        numbers = slice_numbers[ext.slice_lo:ext.slice_hi + 1]
+        records.append({
+            "StudyInstanceUID": uid,
+            "vertebra": name,
+            "slice_min": int(numbers.min()),
+            "slice_max": int(numbers.max()),
+            # a cache pixel i covers original pixels [i * scale, (i + 1) * scale)
+            "x0": int(math.floor(ext.col_lo * col_scale)),
+            "y0": int(math.floor(ext.row_lo * row_scale)),
+            "x1": int(min(math.ceil((ext.col_hi + 1) * col_scale), orig_cols)),
+            "y1": int(min(math.ceil((ext.row_hi + 1) * row_scale), orig_rows)),
+            "confidence": round(float(ext.confidence), 4),
+            "estimated": bool(ext.estimated),
+        })
+    return pd.DataFrame.from_records(records, columns=COLUMNS)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a localisation table, checking its columns and that every study has its seven rows."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no localisation table at {path}; make it with `python -m src.localize`")
+    table = pd.read_csv(path, dtype={"StudyInstanceUID": str})
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; rebuild it with `python -m src.localize`")
+    counts = table.groupby("StudyInstanceUID")["vertebra"].nunique()
+    short = counts[counts != len(VERTEBRAE)]
+    if len(short):
+        raise ValueError(f"{path}: {len(short)} studies lack some of C1..C7 (e.g. {short.index[0]}); "
+                         f"rebuild it with `python -m src.localize`")
+    table["estimated"] = table["estimated"].astype(str).str.lower().isin(["true", "1"])
+    return table[COLUMNS]

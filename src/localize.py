@@ -1,0 +1,35 @@
+"""``python -m src.localize [config=localizer] key=value ...``: the localisation table of the dataset.
+
+Prepares the study cache and the folds if they are missing, trains the localiser folds
+``localizer.folds`` ([] = all) that have no ``runs/<experiment>/fold<k>/best.pt`` yet, then predicts
+every cached study (out-of-fold for the segmented ones) and writes the table to
+``<cache_dir>/localisation.csv`` (or ``localisation_table=``). Prints the out-of-fold Dice and slice IoU.
+"""
+from __future__ import annotations
+
+from .config import ConfigError, load_config, run_main
+from .localisation import LOCALIZER_EXPERIMENT
+from .paths import resolve_cache_dir, resolve_data_dir
+
+
+def main(argv: list[str]) -> dict:
+    cfg = load_config(argv, default_experiment=LOCALIZER_EXPERIMENT)
+    from .folds import ensure_folds
+    from .localisation.build import build_table, train_missing_folds
+    from .models.registry import get_model_class, model_task
+    from .train import ensure_cache
+
+    if model_task(get_model_class(cfg["model"]), cfg) != "localize":
+        raise ConfigError(f"config '{cfg['experiment']}' trains model '{cfg['model']}', not a localiser; "
+                          f"use config={LOCALIZER_EXPERIMENT}")
+    data_dir = resolve_data_dir(cfg)
+    cache_dir = resolve_cache_dir(cfg, data_dir)
+    ensure_cache(cfg, data_dir, cache_dir)
+    folds = ensure_folds(cfg, data_dir)
+    train_missing_folds(cfg, data_dir, cache_dir, folds)
+    _, summary = build_table(cfg, data_dir, cache_dir, folds)
+    return summary
+
+
+if __name__ == "__main__":
+    run_main(main)

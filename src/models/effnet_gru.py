@@ -1,0 +1,167 @@
+"""The default classifier: a timm 2D encoder per slice, a BiGRU along each vertebra, eight fracture logits.
+
+Registered as ``effnet_gru``; trained through src/training with the ``vertebra`` task
+(src/tasks/vertebra.py), which feeds one item per study: for each of C1..C7, ``n_slices`` slices
+sampled evenly over the vertebra's range from the localisation table, cropped to its box, with
+``neighbours`` slices either side and every HU window as channels (2.5D). Shapes::
+
+    batch["images"]  float (B, 7, N, C, H, W)    B studies, 7 vertebrae, N slices, C = windows x (2k+1)
+    batch["labels"]  float (B, 8)                 TARGETS order, optional
+    output["logits"] float (B, 8)                 patient_overall, C1..C7
+
+Each vertebra's slices are embedded by the encoder, a bidirectional GRU reads them in order
+(head to feet), attention pooling weighs the slices (a fracture shows on a few of them), and a linear
+head plus a per-vertebra bias gives its logit. patient_overall comes from the seven through
+``effnet_gru.patient_head``: ``noisy_or`` (the patient is fractured unless every vertebra is intact,
+assuming independence), ``max``, or ``learned`` (a small head on the pooled vertebra embeddings).
+The loss is the competition metric itself (src.models.losses), so training sees all eight targets.
+
+Imports only torch and timm: the GPU box and inference need nothing else.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .losses import competition_loss
+from .registry import register_model
+
+N_VERTEBRAE = 7
+PATIENT_HEADS = ("noisy_or", "max", "learned")
+
+
+class PretrainedWeightsError(RuntimeError):
+    """``pretrained=true`` but no weights can be found offline; the message says where to put them."""
+
+
+def input_channels(cfg) -> int:
+    """Channels per slice image: every HU window for the slice itself and its neighbours either side."""
+    return len(cfg["windows"]) * (2 * int(cfg["effnet_gru"]["neighbours"]) + 1)
+
+
+def create_encoder(name: str, in_chans: int, pretrained: bool = False, pretrained_path: str | None = None,
+                   drop_path_rate: float = 0.0) -> nn.Module:
+    """A timm backbone without its classifier (``num_classes=0``: forward gives pooled features).
+
+    Pretrained weights come from ``pretrained_path`` (a timm/torch state dict) or the local Hugging
+    Face / torch hub cache. The hub is forced offline so that a box with no network fails at once
+    with a message instead of hanging on a download. timm adapts the first convolution to
+    ``in_chans`` (2.5D stacks have more than three channels) by repeating the RGB filters.
+    """
+    import timm
+
+    kwargs = dict(num_classes=0, in_chans=in_chans, drop_path_rate=drop_path_rate)
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    if pretrained_path:
+        path = Path(pretrained_path).expanduser()
+        if not path.is_file():
+            raise PretrainedWeightsError(f"pretrained_path={path} does not exist; point it at a weights file "
+                                         f"for {name} or set pretrained=false")
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hub_constants
+
+        hub_constants.HF_HUB_OFFLINE = True  # the env var is read once at import; this covers an earlier import
+    except ImportError:
+        pass
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as err:  # timm raises several types (hub, url, file) for one cause: weights not here
+        raise PretrainedWeightsError(
+            f"pretrained=true but no local weights for '{name}' ({type(err).__name__}: {err}). Downloads are off: "
+            f"copy the weights file here and set pretrained_path=<file>, fill the Hugging Face cache "
+            f"(HF_HOME) on a machine with network, or set pretrained=false") from err
+
+
+def noisy_or_logit(vertebra_logits: torch.Tensor) -> torch.Tensor:
+    """logit of 1 - prod(1 - p_v) over the last dimension, computed without leaving log space.
+
+    With S = sum_v softplus(l_v) = -log prod(1 - p_v), P = 1 - exp(-S) and logit(P) = S + log(1 - exp(-S)),
+    which stays finite and accurate both for tiny S (all vertebrae confidently intact) and large S.
+    """
+    total = nn.functional.softplus(vertebra_logits.float()).sum(dim=-1).clamp_min(1e-12)
+    return total + torch.log(-torch.expm1(-total))
+
+
+class AttentionPool(nn.Module):
+    """Weighted mean over the slice axis, weights from a small scoring MLP (additive attention)."""
+
+    def __init__(self, dim: int, hidden: int = 128):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, sequence: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, D)
+        weights = torch.softmax(self.score(sequence).squeeze(-1), dim=1)
+        return (weights.unsqueeze(-1) * sequence).sum(dim=1)
+
+
+@register_model("effnet_gru")
+class EffNetGRU(nn.Module):
+    task = "vertebra"
+    family = "effnet_gru"
+    needs_localisation = True
+    smoke_overrides = ("effnet_gru.encoder=test_efficientnet", "effnet_gru.n_slices=3", "effnet_gru.neighbours=0",
+                       "effnet_gru.crop_size=32", "effnet_gru.gru_hidden=8", "batch_size=2")
+
+    def __init__(self, cfg):
+        super().__init__()
+        c = cfg["effnet_gru"]
+        if c["patient_head"] not in PATIENT_HEADS:
+            from ..config import ConfigError
+
+            raise ConfigError(f"effnet_gru.patient_head={c['patient_head']!r}; expected one of {', '.join(PATIENT_HEADS)}")
+        self.patient_head = c["patient_head"]
+        self.encoder = create_encoder(c["encoder"], input_channels(cfg), bool(cfg["pretrained"]), cfg["pretrained_path"],
+                                      float(c.get("drop_path_rate", 0.0)))
+        if c.get("grad_checkpointing", False):
+            self.encoder.set_grad_checkpointing(True)  # trades compute for memory at 384-512 px on a GPU
+        features = self.encoder.num_features
+        hidden = int(c["gru_hidden"])
+        self.gru = nn.GRU(features, hidden, batch_first=True, bidirectional=True)
+        self.pool = AttentionPool(2 * hidden)
+        self.dropout = nn.Dropout(float(c["drop_rate"]))
+        self.vertebra_head = nn.Linear(2 * hidden, 1)
+        # Fracture rates differ by level (C2 and C7 far above C3): a bias per vertebra carries that prior.
+        self.vertebra_bias = nn.Parameter(torch.zeros(N_VERTEBRAE))
+        if self.patient_head == "learned":
+            self.patient_mlp = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+
+    def init_label_prior(self, rates) -> None:
+        """Start at the training label rates (TARGETS order): the first epochs then refine the prior
+        instead of spending their steps finding it, and from-scratch runs are steadier."""
+        rates = torch.as_tensor(rates, dtype=torch.float32).clamp(1e-3, 1 - 1e-3)
+        with torch.no_grad():
+            self.vertebra_bias.copy_(torch.logit(rates[1:]))
+            if self.patient_head == "learned":
+                self.patient_mlp[-1].bias.fill_(float(torch.logit(rates[0])))
+
+    def embed_vertebrae(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, V, N, C, H, W) slice stacks -> (B, V, 2 * gru_hidden) pooled vertebra embeddings."""
+        b, v, n = images.shape[:3]
+        slices = self.encoder(images.flatten(0, 2))                   # (B*V*N, F)
+        sequence, _ = self.gru(slices.view(b * v, n, -1).float())     # GRU in fp32: bf16 recurrences drift
+        return self.pool(sequence).view(b, v, -1)
+
+    def forward(self, batch: dict) -> dict:
+        images = batch["images"]
+        if images.ndim != 6 or images.shape[1] != N_VERTEBRAE:
+            raise ValueError(f"effnet_gru expects images (B, 7, N, C, H, W), got {tuple(images.shape)}")
+        pooled = self.embed_vertebrae(images)                         # (B, 7, D)
+        vertebra_logits = self.vertebra_head(self.dropout(pooled)).squeeze(-1) + self.vertebra_bias
+        if self.patient_head == "noisy_or":
+            patient = noisy_or_logit(vertebra_logits)
+        elif self.patient_head == "max":
+            patient = vertebra_logits.max(dim=1).values
+        else:
+            summary = torch.cat([pooled.max(dim=1).values, pooled.mean(dim=1)], dim=1)
+            patient = self.patient_mlp(self.dropout(summary)).squeeze(-1)
+        logits = torch.cat([patient.unsqueeze(1).float(), vertebra_logits.float()], dim=1)
+        out = {"logits": logits, "vertebra_logits": vertebra_logits}
+        if "labels" in batch:
+            out["loss"] = competition_loss(logits, batch["labels"])
+        return out

@@ -1,0 +1,239 @@
+"""The "vertebra" task: each study becomes seven stacks of cropped slices, one per vertebra C1..C7.
+
+Used by the EfficientNet + GRU classifier (src/models/effnet_gru.py) through the training loop, and by
+inference through :class:`VertebraDataset`. Where each vertebra is comes from the localisation table
+(src.paths.localisation_path; columns in shared/SPEC.md): its slice range in the study's own DICOM
+numbers and its box in original slice pixels. For each vertebra, ``n_slices`` slices are sampled evenly
+over the range; each carries ``neighbours`` slices either side as extra channels (2.5D, a thin fracture
+line is clearer across adjacent slices) times every HU window, and is cropped to the vertebra's box
+widened by ``margin`` and made square, then resized to ``crop_size``. Training items get one random
+augmentation per vertebra (src/data/augment.py), the same for all its slices.
+
+One item per study keeps training on the competition loss exactly, patient_overall included, and lets
+validation write one out-of-fold row per study. A study missing from the table, or with unusable rows,
+is still predicted: its vertebrae fall back to even slices of the whole study and the full slice.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .. import TARGETS, VERTEBRAE
+from ..data.cache import load_study
+from ..data.windows import apply_windows
+from ..paths import localisation_path
+from . import register_task
+from .classify import SPLIT, StudyClassificationTask, sigmoid
+
+AIR_HU = -1024  # what padding outside the scanned field stands for
+TABLE_COLUMNS = ["StudyInstanceUID", "vertebra", "slice_min", "slice_max", "x0", "y0", "x1", "y1"]
+
+
+# ---- geometry: pure functions of arrays, tested without a cache ----
+
+def slice_range_indices(slice_numbers: np.ndarray, slice_min: float, slice_max: float) -> tuple[int, int]:
+    """Volume indices (first, last) of the slices whose DICOM numbers lie in [slice_min, slice_max].
+
+    The volume is ordered head to feet whatever the file numbering, so the numbers can run backwards
+    (reversed studies) or skip (gaps); the range is found by value, not by position. A range that
+    holds no slice (it fell into a gap) gives the slice nearest its middle.
+    """
+    numbers = np.asarray(slice_numbers, dtype=float)
+    lo, hi = min(slice_min, slice_max), max(slice_min, slice_max)
+    inside = np.flatnonzero((numbers >= lo) & (numbers <= hi))
+    if len(inside):
+        return int(inside.min()), int(inside.max())
+    nearest = int(np.abs(numbers - (lo + hi) / 2).argmin())
+    return nearest, nearest
+
+
+def sample_positions(first: int, last: int, n_slices: int, jitter: float = 0.0,
+                     generator: torch.Generator | None = None) -> np.ndarray:
+    """``n_slices`` volume indices spread evenly from ``first`` to ``last`` (repeats when the range is short).
+
+    ``jitter`` (training) moves each sample by up to that fraction of the spacing, so epochs see
+    different slices of the same vertebra.
+    """
+    positions = np.linspace(first, last, n_slices)
+    if jitter > 0 and n_slices > 1 and last > first:
+        spacing = (last - first) / (n_slices - 1)
+        noise = torch.rand(n_slices, generator=generator).numpy() * 2 - 1
+        positions = np.clip(positions + noise * jitter * spacing, first, last)
+    return np.round(positions).astype(int)
+
+
+def neighbour_indices(positions: np.ndarray, neighbours: int, step: int, n_volume_slices: int) -> np.ndarray:
+    """(N, 2k+1) volume indices: each sampled slice with ``neighbours`` slices either side, clipped at the ends."""
+    offsets = np.arange(-neighbours, neighbours + 1) * max(1, int(step))
+    return np.clip(positions[:, None] + offsets[None, :], 0, n_volume_slices - 1)
+
+
+def square_box(x0: float, y0: float, x1: float, y1: float, margin: float, min_side: float = 8.0) -> tuple[int, int, int, int]:
+    """A square (x0, y0, x1, y1), integer pixels, around the box's centre: its longer side widened by
+    ``margin`` on each side. Square so that resizing keeps the bone's shape; it may reach outside the slice."""
+    side = max(x1 - x0, y1 - y0, min_side) * (1 + 2 * margin)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    size = max(1, int(round(side)))
+    return left, top, left + size, top + size
+
+
+def crop_padded(slices: np.ndarray, box: tuple[int, int, int, int], fill: float = AIR_HU) -> np.ndarray:
+    """``slices`` (K, H, W) cut to ``box`` (x0, y0, x1, y1); the part outside the slice is ``fill``."""
+    x0, y0, x1, y1 = box
+    k, height, width = slices.shape
+    out = np.full((k, y1 - y0, x1 - x0), fill, dtype=np.float32)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if sx1 > sx0 and sy1 > sy0:
+        out[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = slices[:, sy0:sy1, sx0:sx1]
+    return out
+
+
+def resize_stack(stack: np.ndarray, size: int) -> np.ndarray:
+    """(K, h, w) float32 -> (K, size, size), bilinear; antialiased when shrinking so thin bone does not alias."""
+    tensor = torch.from_numpy(np.ascontiguousarray(stack))[:, None]
+    shrink = stack.shape[1] > size or stack.shape[2] > size
+    out = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+    return out[:, 0].numpy()
+
+
+# ---- the localisation table ----
+
+def read_localisation(path: Path) -> pd.DataFrame:
+    """The localisation table, checked for the columns this task reads."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no localisation table at {path}; run `python -m src.localize` "
+                                f"(train.sh builds it when it is missing) or set localisation_table=<csv>")
+    table = pd.read_csv(path, dtype={"StudyInstanceUID": str})
+    missing = set(TABLE_COLUMNS) - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected {TABLE_COLUMNS}")
+    return table
+
+
+def study_plans(table: pd.DataFrame) -> dict[str, dict[str, tuple]]:
+    """uid -> vertebra -> (slice_min, slice_max, x0, y0, x1, y1), rows with a missing value left out."""
+    plans: dict[str, dict[str, tuple]] = {}
+    usable = table.dropna(subset=TABLE_COLUMNS)
+    for row in usable[TABLE_COLUMNS].itertuples(index=False):
+        plans.setdefault(str(row[0]), {})[str(row[1])] = tuple(float(v) for v in row[2:])
+    return plans
+
+
+def fallback_plan(meta: dict, vertebra: str) -> tuple:
+    """Where a vertebra is assumed to be when the table has nothing: its seventh of the slice numbers,
+    on the whole slice. Crude, but the study still gets a prediction (the model has seen every level)."""
+    numbers = np.asarray(meta["slice_numbers"], dtype=float)  # volume order: head first, whatever the numbering
+    k = VERTEBRAE.index(vertebra)
+    edges = np.linspace(0, len(numbers) - 1, len(VERTEBRAE) + 1)
+    first, last = numbers[int(edges[k])], numbers[int(edges[k + 1])]
+    rows, cols = meta.get("original_shape", meta["shape"][1:])
+    return (min(first, last), max(first, last), 0.0, 0.0, float(cols), float(rows))
+
+
+# ---- the dataset ----
+
+class VertebraDataset(torch.utils.data.Dataset):
+    """One item per study: {"images": (7, N, C, S, S) float32 in [0, 1], "labels": (8,) when labelled}.
+
+    ``C`` = (2 * neighbours + 1) x windows, neighbour-major; ``S`` = crop_size.
+    """
+
+    def __init__(self, cache_dir: Path, study_uids, table: pd.DataFrame, settings: dict, windows,
+                 labels: np.ndarray | None = None, split: str = SPLIT, train: bool = False):
+        self.cache_dir = Path(cache_dir)
+        self.study_uids = [str(u) for u in study_uids]
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
+        self.split = split
+        self.windows = [tuple(w) for w in windows]
+        self.n_slices = int(settings["n_slices"])
+        self.neighbours = int(settings["neighbours"])
+        self.neighbour_step = int(settings.get("neighbour_step", 1))
+        self.crop_size = int(settings["crop_size"])
+        self.margin = float(settings["margin"])
+        self.train = train
+        self.plans = study_plans(table)
+        unplanned = [u for u in self.study_uids if len(self.plans.get(u, {})) < len(VERTEBRAE)]
+        if unplanned:
+            warnings.warn(f"{len(unplanned)} of {len(self.study_uids)} studies lack some localisation rows "
+                          f"(e.g. {unplanned[0]}); their missing vertebrae use an even split of the whole study")
+        self.transform = None
+        if train and float(settings.get("augment", 1.0)) > 0:
+            from ..data.augment import build_slice_stack_transform
+
+            self.transform = build_slice_stack_transform(float(settings.get("augment", 1.0)))
+
+    def __len__(self) -> int:
+        return len(self.study_uids)
+
+    def vertebra_stack(self, volume: np.ndarray, meta: dict, plan: tuple) -> np.ndarray:
+        """(N, C, S, S) float32 for one vertebra of a study."""
+        slice_min, slice_max, x0, y0, x1, y1 = plan
+        first, last = slice_range_indices(meta["slice_numbers"], slice_min, slice_max)
+        positions = sample_positions(first, last, self.n_slices, jitter=0.5 if self.train else 0.0)
+        index = neighbour_indices(positions, self.neighbours, self.neighbour_step, volume.shape[0])
+        # original slice pixels -> cached grid (prepare may have resized the slices)
+        rows, cols = meta.get("original_shape", volume.shape[1:])
+        sy, sx = volume.shape[1] / rows, volume.shape[2] / cols
+        box = square_box(x0 * sx, y0 * sy, x1 * sx, y1 * sy, self.margin)
+        needed, inverse = np.unique(index, return_inverse=True)
+        hu = crop_padded(np.asarray(volume[needed]), box)                 # (K, h, w), only the slices used
+        channels = apply_windows(hu, self.windows)                         # (W, K, h, w)
+        k, h, w = hu.shape
+        stack = channels.transpose(1, 0, 2, 3)[inverse.reshape(-1)]        # (N*(2k+1), W, h, w)
+        stack = resize_stack(stack.reshape(-1, h, w), self.crop_size)      # (N*(2k+1)*W, S, S)
+        if self.transform is not None:
+            from ..data.augment import augment_stack
+
+            stack = augment_stack(stack, self.transform)
+        return stack.reshape(self.n_slices, -1, self.crop_size, self.crop_size)
+
+    def __getitem__(self, index: int) -> dict:
+        uid = self.study_uids[index]
+        study = load_study(self.cache_dir, self.split, uid, with_mask=False)
+        plans = self.plans.get(uid, {})
+        stacks = [self.vertebra_stack(study.volume, study.meta, plans.get(v) or fallback_plan(study.meta, v))
+                  for v in VERTEBRAE]
+        item = {"images": torch.from_numpy(np.stack(stacks))}
+        if self.labels is not None:
+            item["labels"] = torch.from_numpy(self.labels[index])
+        return item
+
+
+# ---- the task ----
+
+def patient_alternatives(vertebra_probs: np.ndarray) -> dict[str, np.ndarray]:
+    """patient_overall formed from the seven vertebra probabilities (N, 7) in the principled ways."""
+    return {"noisy_or": 1 - np.prod(1 - vertebra_probs, axis=1), "max": vertebra_probs.max(axis=1)}
+
+
+@register_task("vertebra")
+class VertebraTask(StudyClassificationTask):
+    def __init__(self, cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, announce=print):
+        super().__init__(cfg, data_dir, cache_dir, folds, announce)
+        self.table = read_localisation(localisation_path(cfg, self.cache_dir))
+
+    def make_dataset(self, frame: pd.DataFrame, train: bool) -> VertebraDataset:
+        return VertebraDataset(self.cache_dir, frame["StudyInstanceUID"], self.table, self.cfg["effnet_gru"],
+                               self.cfg["windows"], labels=frame[TARGETS].to_numpy(np.float32), train=train)
+
+    def evaluate(self, outputs: dict, val_dataset) -> tuple[dict, pd.DataFrame]:
+        """The shared metrics, plus the score patient_overall would get from each principled combination
+        of the same vertebra probabilities: the measurement behind the default ``patient_head``."""
+        metrics, oof = super().evaluate(outputs, val_dataset)
+        from ..metric import competition_score
+
+        truth = self.val_frame.set_index("StudyInstanceUID").loc[oof["StudyInstanceUID"], TARGETS].to_numpy(float)
+        probs = oof[TARGETS].to_numpy(float)
+        vertebra_probs = sigmoid(np.asarray(outputs["logits"], dtype=float))[:, 1:]
+        for name, patient in patient_alternatives(vertebra_probs).items():
+            swapped = probs.copy()
+            swapped[:, 0] = patient
+            metrics[f"score_patient_{name}"] = competition_score(truth, swapped)
+        return metrics, oof

@@ -1,0 +1,61 @@
+"""``python -m src.train config=NAME fold=K key=value ...`` (what ``bash train.sh`` runs): train one fold.
+
+Builds whatever the run needs and lacks first, saying so one line per step: the data (the demo
+dataset when no real data is configured), the study cache, the folds, and, for models that train on
+vertebra crops, the localisation table. Then trains through the one loop (src/training/loop.py) into
+``runs/<experiment>/fold<K>/``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .config import load_config, run_main
+from .paths import resolve_cache_dir, resolve_data_dir, run_dir
+
+
+def ensure_cache(cfg, data_dir: Path, cache_dir: Path, announce=print) -> None:
+    """Prepare the studies of train_images that the cache lacks (all of them on a first run)."""
+    from .data.prepare import missing_studies, prepare_dataset
+
+    missing = missing_studies(data_dir, cache_dir, "train_images")
+    if not missing:
+        announce(f"[cache] {cache_dir}: every training study is prepared")
+        return
+    p = cfg["prepare"]
+    announce(f"[cache] {len(missing)} studies missing in {cache_dir}, preparing them (size {p['size']}, {p['workers']} workers)")
+    prepare_dataset(data_dir, cache_dir, splits=("train_images",), size=p["size"], workers=p["workers"],
+                    min_slices=p["min_slices"], progress=cfg["progress"], uids=missing)
+
+
+def main(argv: list[str]) -> dict:
+    cfg = load_config(argv)
+    from .folds import ensure_folds
+    from .models.registry import get_model_class, model_task
+    from .tasks import get_task_class
+    from .training import TrainingStopped, fit
+
+    model_cls = get_model_class(cfg["model"])  # fail on a bad name before any data work
+    task_cls = get_task_class(model_task(model_cls, cfg))
+    data_dir = resolve_data_dir(cfg)
+    dataset_kind = cfg["dataset_kind"]  # set by load_config: "demo" when the demo data stands in
+    cache_dir = resolve_cache_dir(cfg, data_dir)
+    ensure_cache(cfg, data_dir, cache_dir)
+    folds = ensure_folds(cfg, data_dir)
+    print(f"[folds] fold {cfg['fold']}: {int((folds['fold'] == cfg['fold']).sum())} validation studies of {len(folds)}")
+    if getattr(model_cls, "needs_localisation", False):
+        from .localisation import ensure_localisation
+
+        ensure_localisation(cfg, data_dir, cache_dir)
+    task = task_cls(cfg, data_dir, cache_dir, folds)
+    folder = run_dir(cfg)
+    print(f"[run] {folder} ({cfg['experiment']}: model {cfg['model']}, task {task_cls.registry_name}, {dataset_kind} data)")
+    try:
+        return fit(cfg, task, folder, dataset_kind=dataset_kind)
+    except TrainingStopped as err:
+        print(f"[stopped] {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    run_main(main)

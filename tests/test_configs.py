@@ -1,0 +1,42 @@
+"""A smoke test for every experiment in configs/: it loads, its model builds, and it trains a few steps.
+
+Parametrised over the files found at collection time, so a new configs/<name>.yaml is tested without
+editing this file. Each model shrinks itself for the test through its ``smoke_overrides`` class
+attribute (src/models/registry.py); the data is the tiny cached dataset of fake_training_data.py.
+"""
+import json
+import math
+
+import pytest
+
+from fake_training_data import install_folds, make_tiny_dataset, overrides
+from src.config import experiment_names, load_config
+from src.models.registry import get_model_class
+from src.train import main
+
+EXPERIMENTS = experiment_names()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    data = make_tiny_dataset(tmp_path_factory.mktemp("smoke"))
+    install_folds(data)
+    return data
+
+
+def test_the_experiments_are_found():
+    assert "cnn3d" in EXPERIMENTS and "default" not in EXPERIMENTS and "infer" not in EXPERIMENTS
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_trains_a_few_steps(name, tiny):
+    base = [f"config={name}"] + overrides(tiny, max_steps_per_epoch=2)
+    model_cls = get_model_class(load_config(base).model)
+    args = base + list(getattr(model_cls, "smoke_overrides", ()))
+    metrics = main(args)
+    cfg = load_config(args)
+    folder = tiny["runs_dir"] + f"/{name}/fold0"
+    saved = json.loads(open(f"{folder}/metrics.json").read())
+    task_cls_monitor = next(iter(saved))  # the loop writes the monitored metric first
+    assert math.isfinite(saved[task_cls_monitor]) and saved[task_cls_monitor] == pytest.approx(metrics[task_cls_monitor])
+    assert cfg.experiment == name

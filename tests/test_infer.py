@@ -1,0 +1,243 @@
+"""python infer.py: every bad input still ends in a complete, valid submission; missing runs are clear
+errors; and a study's prediction through infer.py equals its out-of-fold row (Kaggle parity)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from src import TARGETS, VERTEBRAE
+from src.config import ConfigError, load_config
+from src.inference.prior import SPEC_PREVALENCE, label_prior
+from src.inference.test_csv import check_submission, read_test_csv, write_submission
+from src.metric import SubmissionError, to_wide
+from src.synth.dicom_writer import write_series
+
+import infer
+
+GOOD = ["1.2.826.7.1", "1.2.826.7.2"]
+CORRUPT_SLICE, UNREADABLE, ABSENT, NOT_NAMED = "1.2.826.7.3", "1.2.826.7.4", "1.2.826.7.5", "1.2.826.7.6"
+BAD_UID = "9.9.x"   # test.csv names a "study" that may never become a path
+MODELS = {
+    "cnn3d": ["cnn3d.shape=[8,16,16]", "cnn3d.widths=[4,8]", "cnn3d.blocks=1", "prepare.size=16"],
+    "effnet_gru": ["effnet_gru.encoder=test_efficientnet", "effnet_gru.n_slices=3", "effnet_gru.neighbours=1",
+                   "effnet_gru.crop_size=32", "effnet_gru.gru_hidden=8", "pretrained=false", "prepare.size=32"],
+    "localizer": ["localizer.shape=[16,16,16]", "localizer.channels=[4,8]", "localizer.res_units=0", "prepare.size=32"],
+}
+
+
+def neck_volume(rng, slices=14, size=32) -> np.ndarray:
+    hu = rng.normal(0, 60, (slices, size, size))
+    hu[:, 10:22, 10:22] += 700  # a column of bone
+    return hu.astype(np.int16)
+
+
+def write_study(folder, uid, hu, reverse=False, numbers=None):
+    n = len(hu)
+    numbers = list(numbers) if numbers is not None else list(range(1, n + 1))
+    z = [-float(i) for i in range(n)]
+    if reverse:  # stored feet first: file 1 is the lowest slice
+        numbers = numbers[::-1]
+    write_series(folder / uid, hu, study_uid=uid, slice_numbers=numbers, z_positions=z, pixel_spacing=(0.5, 0.5),
+                 slice_thickness=1.0)
+
+
+def write_test_csv(path, uids):
+    rows = [(f"{u}_{t}", u, t) for u in uids for t in TARGETS]
+    pd.DataFrame(rows, columns=["row_id", "StudyInstanceUID", "prediction_type"]).to_csv(path, index=False)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A Kaggle-shaped folder whose test.csv and test_images disagree, with a corrupt and an unreadable study."""
+    root = tmp_path_factory.mktemp("kaggle")
+    rng = np.random.default_rng(0)
+    images = root / "test_images"
+    write_study(images, GOOD[0], neck_volume(rng))
+    write_study(images, GOOD[1], neck_volume(rng), reverse=True, numbers=range(101, 115))
+    write_study(images, CORRUPT_SLICE, neck_volume(rng))
+    (images / CORRUPT_SLICE / "5.dcm").write_bytes((images / CORRUPT_SLICE / "5.dcm").read_bytes()[:600])
+    write_study(images, NOT_NAMED, neck_volume(rng))
+    (images / UNREADABLE).mkdir()
+    for i in range(1, 13):
+        (images / UNREADABLE / f"{i}.dcm").write_bytes(b"not a dicom file" * 10)
+    write_test_csv(root / "test.csv", GOOD + [CORRUPT_SLICE, UNREADABLE, ABSENT, BAD_UID])
+    labels = pd.DataFrame((rng.random((40, 8)) < 0.3).astype(int), columns=TARGETS)
+    labels.insert(0, "StudyInstanceUID", [f"1.2.3.{i}" for i in range(40)])
+    labels.to_csv(root / "train.csv", index=False)
+    return root
+
+
+def save_untrained_run(runs_dir, name, data_dir, extra=(), fold=0, seed=0):
+    """A run folder in the training loop's format (config.yaml, best.pt with model + config) for a
+    randomly initialised tiny model: enough to exercise inference without training."""
+    from src.models.registry import build_model
+
+    cfg = load_config([f"config={name if name != 'localizer' else 'localizer'}", f"data_dir={data_dir}",
+                       *MODELS[name], *extra])
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    folder = runs_dir / name / f"fold{fold}"
+    folder.mkdir(parents=True, exist_ok=True)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    torch.save({"model": model.state_dict(), "config": plain, "model_name": cfg["model"], "epoch": 0}, folder / "best.pt")
+    (folder / "config.yaml").write_text(yaml.safe_dump(plain))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory, data_dir):
+    runs = tmp_path_factory.mktemp("runs")
+    for name in ("cnn3d", "effnet_gru", "localizer"):
+        save_untrained_run(runs, name, data_dir)
+    save_untrained_run(runs, "cnn3d", data_dir, fold=1, seed=1)
+    return runs
+
+
+def run_infer(data_dir, runs_dir, out, *extra):
+    return infer.main([f"data_dir={data_dir}", f"runs_dir={runs_dir}", f"output={out}", "progress=false",
+                       "device=cpu", *extra])
+
+
+def read_submission(path, data_dir) -> pd.DataFrame:
+    sub = pd.read_csv(path)
+    test = pd.read_csv(data_dir / "test.csv")
+    assert list(sub["row_id"]) == list(test["row_id"])      # every row of test.csv, in its order
+    assert sub["fractured"].between(0, 1).all() and sub["fractured"].notna().all()
+    return sub.assign(uid=test["StudyInstanceUID"], target=test["prediction_type"]) \
+        .pivot(index="uid", columns="target", values="fractured")[TARGETS]
+
+
+def test_every_bad_input_ends_in_a_complete_valid_submission(data_dir, runs_dir, tmp_path, capsys):
+    out = tmp_path / "submission.csv"
+    result = run_infer(data_dir, runs_dir, out)
+    printed = capsys.readouterr().out
+    wide = read_submission(out, data_dir)
+    prior, _ = label_prior(data_dir)
+    for uid in (UNREADABLE, ABSENT, BAD_UID):
+        np.testing.assert_allclose(wide.loc[uid].to_numpy(), prior)
+    for uid in GOOD + [CORRUPT_SLICE]:  # predicted by the models, not the prior
+        assert not np.allclose(wide.loc[uid].to_numpy(), prior)
+    assert NOT_NAMED not in wide.index
+    log = result["log"]
+    assert log.uids("absent") == [ABSENT] and log.uids("unreadable") == [UNREADABLE] and log.uids("bad_uid") == [BAD_UID]
+    assert log.uids("slices") == [CORRUPT_SLICE] and "5.dcm" in log.events["slices"][0][1]
+    assert log.count("member") == 0 and log.count("all_members") == 0
+    assert "that test.csv does not name are ignored" in printed and NOT_NAMED in printed
+    for kind in ("absent", "unreadable", "bad_uid", "slices"):
+        assert f"[summary] {kind}" in printed
+    # two folds of cnn3d and one of effnet_gru were run; each member's time was measured
+    assert {"read", "localise", "member:cnn3d", "member:effnet_gru"} <= set(result["timings"])
+
+
+def test_reversed_study_reads_head_first_like_the_cache(data_dir):
+    from src.inference.reading import read_test_study
+
+    volumes, _ = read_test_study(data_dir / "test_images" / GOOD[1], {16, 32})
+    assert set(volumes) == {16, 32}
+    volume, meta = volumes[32]
+    assert volume.shape == (14, 32, 32) and meta["slice_numbers"][0] == 114  # file 114.dcm is the head
+    assert volumes[16][0].shape == (14, 16, 16)
+
+
+def test_failing_members_fall_back_to_the_others_then_to_the_prior(data_dir, runs_dir, tmp_path, monkeypatch):
+    from src.inference import members as members_module
+
+    def broken_forward(self, batch):
+        return {"logits": torch.full((1, 8), float("nan"))}
+
+    both = tmp_path / "both.csv"
+    run_infer(data_dir, runs_dir, both)
+    only_effnet = tmp_path / "only_effnet.csv"
+    run_infer(data_dir, runs_dir, only_effnet, "members=[effnet_gru]")
+    from src.models.cnn3d import CNN3D
+
+    monkeypatch.setattr(CNN3D, "forward", broken_forward)
+    broken = tmp_path / "broken.csv"
+    result = run_infer(data_dir, runs_dir, broken)
+    assert result["log"].count("member") == 3 and "cnn3d" in result["log"].events["member"][0][1]
+    np.testing.assert_allclose(read_submission(broken, data_dir).to_numpy(),
+                               read_submission(only_effnet, data_dir).to_numpy(), rtol=1e-6)
+    assert not np.allclose(read_submission(broken, data_dir).to_numpy(), read_submission(both, data_dir).to_numpy())
+
+    monkeypatch.setattr(members_module.Member, "predict", lambda *a, **k: (_ for _ in ()).throw(MemoryError("boom")))
+    nothing = tmp_path / "nothing.csv"
+    result = run_infer(data_dir, runs_dir, nothing)
+    wide = read_submission(nothing, data_dir)
+    np.testing.assert_allclose(wide.to_numpy(), np.tile(label_prior(data_dir)[0], (len(wide), 1)))
+    assert sorted(result["log"].uids("all_members")) == sorted(GOOD + [CORRUPT_SLICE])
+
+
+def test_localiser_failure_still_predicts_every_study(data_dir, runs_dir, tmp_path, monkeypatch):
+    from src.inference.localiser import Localiser
+
+    monkeypatch.setattr(Localiser, "rows_for", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no bones")))
+    result = run_infer(data_dir, runs_dir, tmp_path / "s.csv", "members=[effnet_gru]")
+    assert sorted(result["log"].uids("localiser")) == sorted(GOOD + [CORRUPT_SLICE])
+    assert result["log"].count("all_members") == 0
+    read_submission(tmp_path / "s.csv", data_dir)
+
+
+def test_weights_combine_and_tta(data_dir, runs_dir, tmp_path):
+    args = (data_dir, runs_dir)
+    run_infer(*args, tmp_path / "a.csv", "members=[cnn3d]")
+    run_infer(*args, tmp_path / "b.csv", "members=[effnet_gru]")
+    run_infer(*args, tmp_path / "w.csv", "members=[{run: cnn3d, weight: 3}, {run: effnet_gru, weight: 1}]",
+              "combine=prob")
+    a, b, w = (read_submission(tmp_path / f"{n}.csv", data_dir).loc[GOOD].to_numpy() for n in "abw")
+    np.testing.assert_allclose(w, 0.75 * a + 0.25 * b, rtol=1e-6)
+    run_infer(*args, tmp_path / "l.csv", "members=[{run: cnn3d, weight: 1}, {run: effnet_gru, weight: 1}]",
+              "combine=logit")
+    lg = read_submission(tmp_path / "l.csv", data_dir).loc[GOOD].to_numpy()
+    np.testing.assert_allclose(lg, 1 / (1 + np.exp(-(np.log(a / (1 - a)) + np.log(b / (1 - b))) / 2)), rtol=1e-5)
+    run_infer(*args, tmp_path / "f0.csv", "members=[{run: cnn3d, folds: [0]}]")
+    run_infer(*args, tmp_path / "t.csv", "members=[{run: cnn3d, folds: [0]}]", "tta=true")
+    f0, t = (read_submission(tmp_path / f"{n}.csv", data_dir).loc[GOOD].to_numpy() for n in ("f0", "t"))
+    assert not np.allclose(f0, a) and not np.allclose(f0, t)  # two folds differ from one; the mirror counts
+
+
+def test_missing_runs_and_bad_settings_are_clear_errors(data_dir, runs_dir, tmp_path):
+    with pytest.raises(ConfigError, match="run 'cnn3dd'.*cnn3d \\(folds 0, 1\\).*effnet_gru \\(folds 0\\)"):
+        run_infer(data_dir, runs_dir, tmp_path / "x.csv", "members=[cnn3dd]")
+    with pytest.raises(ConfigError, match="fold\\(s\\) \\[3\\]"):
+        run_infer(data_dir, runs_dir, tmp_path / "x.csv", "members=[{run: cnn3d, folds: [3]}]")
+    with pytest.raises(ConfigError, match="localizer"):
+        run_infer(data_dir, runs_dir, tmp_path / "x.csv", "members=[effnet_gru]", "localizer=nolocaliser")
+    with pytest.raises(ConfigError, match="unknown config key 'member'.*infer.yaml"):
+        run_infer(data_dir, runs_dir, tmp_path / "x.csv", "member=[cnn3d]")
+    with pytest.raises(ConfigError, match="weight"):
+        run_infer(data_dir, runs_dir, tmp_path / "x.csv", "members=[{run: cnn3d, weight: -1}]")
+    with pytest.raises(ConfigError, match="combine"):
+        run_infer(data_dir, runs_dir, tmp_path / "x.csv", "combine=mean")
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_an_invalid_submission_is_never_written(tmp_path):
+    test_path = tmp_path / "test.csv"
+    write_test_csv(test_path, GOOD)
+    test = read_test_csv(test_path)
+    good = pd.DataFrame({"row_id": test["row_id"], "fractured": 0.5})
+    check_submission(good, test)
+    bad = {
+        "NaN": good.assign(fractured=[np.nan] + [0.5] * (len(good) - 1)),
+        "outside": good.assign(fractured=[1.5] + [0.5] * (len(good) - 1)),
+        "differ": good.iloc[1:],
+        "differ ": good.iloc[::-1],
+    }
+    for reason, frame in bad.items():
+        with pytest.raises(SubmissionError, match=reason.strip() if reason.strip() != "NaN" else "missing or non-numeric"):
+            write_submission(frame.reset_index(drop=True), test, tmp_path / "sub.csv")
+        assert not (tmp_path / "sub.csv").exists()
+
+
+def test_prior_comes_from_train_csv_else_the_spec(tmp_path, data_dir):
+    rates, source = label_prior(data_dir)
+    expected = pd.read_csv(data_dir / "train.csv")[TARGETS].mean().to_numpy()
+    np.testing.assert_allclose(rates, expected) and "train.csv" in source
+    rates, source = label_prior(tmp_path)
+    np.testing.assert_allclose(rates, SPEC_PREVALENCE) and "SPEC" in source
+    (tmp_path / "train.csv").write_text("garbage\n1\n")
+    np.testing.assert_allclose(label_prior(tmp_path)[0], SPEC_PREVALENCE)

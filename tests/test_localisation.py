@@ -1,0 +1,235 @@
+"""Tests of stage 1, the vertebra localiser (src/localisation, src/models/localizer.py, src/localize.py).
+
+Hand-made label volumes check the maths (Dice, slice IoU, extents, estimates) and the table's mapping
+to DICOM file numbers and original pixels, for a study stored reversed and one with numbering gaps;
+a tiny cached dataset checks that the localiser trains through the one loop and writes the table.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from src import VERTEBRAE
+from src.localisation.extents import Extent, fill_missing, find_extents, main_run
+from src.localisation.metrics import dice_per_vertebra, range_iou, slice_range_iou, true_slice_ranges
+from src.localisation.resample import probs_to_labels, resample_mask
+from src.localisation.table import COLUMNS, read_table, study_rows
+
+# (first slice, last slice) of C1..C7 in a 40-slice hand-made study, head first
+BANDS = [(4, 7), (8, 12), (13, 16), (17, 20), (21, 24), (25, 28), (29, 32)]
+
+
+def banded_labels(n_slices: int = 40, size: int = 32, bands=BANDS, rows=(10, 20), cols=(12, 22)) -> np.ndarray:
+    labels = np.zeros((n_slices, size, size), dtype=np.uint8)
+    for v, (lo, hi) in enumerate(bands, start=1):
+        labels[lo:hi + 1, rows[0]:rows[1] + 1, cols[0]:cols[1] + 1] = v
+    return labels
+
+
+def tiny_cfg(min_voxel_fraction: float = 0.0) -> dict:
+    return {"localizer": {"min_voxel_fraction": min_voxel_fraction}}
+
+
+# ---- metrics ----
+
+def test_dice_on_hand_made_arrays():
+    truth = np.zeros((4, 4, 4), dtype=np.uint8)
+    pred = np.zeros_like(truth)
+    truth[0, :2, :2] = 1          # C1: 4 true voxels
+    pred[0, :2, :1] = 1           # 2 predicted, both right -> 2*2/(4+2)
+    truth[2, 0, 0] = 3            # C3 missed entirely -> 0
+    pred[3, 3, 3] = 5             # C5 predicted but absent -> 0
+    pred[1, 1, 1] = 9             # a thoracic label counts as background
+    dice = dice_per_vertebra(pred, truth)
+    assert dice["C1"] == pytest.approx(2 * 2 / 6)
+    assert dice["C3"] == 0.0 and dice["C5"] == 0.0
+    assert math.isnan(dice["C2"])  # absent from both: no score rather than a free 1.0
+    with pytest.raises(ValueError, match="same grid"):
+        dice_per_vertebra(pred, truth[:3])
+
+
+def test_slice_range_iou_on_hand_made_ranges():
+    assert range_iou((0, 9), (5, 14)) == pytest.approx(5 / 15)
+    assert range_iou((3, 3), (3, 3)) == 1.0
+    assert range_iou((0, 2), (5, 6)) == 0.0
+    assert range_iou(None, (1, 2)) == 0.0 and math.isnan(range_iou(None, None))
+    truth = banded_labels()
+    ranges = true_slice_ranges(truth)
+    assert ranges["C2"] == (8, 12) and ranges["C7"] == (29, 32)
+    shifted = {name: (lo + 1, hi + 1) for name, (lo, hi) in ranges.items()}
+    iou = slice_range_iou(shifted, ranges)
+    assert iou["C2"] == pytest.approx(4 / 6) and iou["C1"] == pytest.approx(3 / 5)
+
+
+# ---- extents and estimates ----
+
+def test_extents_ignore_stray_voxels():
+    labels = banded_labels()
+    labels[38, 0, 0] = 3        # a speck of "C3" far below C3, and one far to the side
+    labels[14, 30, 30] = 3
+    ext = find_extents(labels)["C3"]
+    assert (ext.slice_lo, ext.slice_hi) == BANDS[2]
+    assert (ext.row_lo, ext.row_hi, ext.col_lo, ext.col_hi) == (10, 20, 12, 22)
+    assert main_run(np.array([5, 5, 0, 0, 0, 0, 9, 9, 9])) == (6, 8)
+    assert main_run(np.zeros(4)) is None
+
+
+def test_missing_vertebra_is_estimated_between_its_neighbours():
+    labels = banded_labels()
+    labels[labels == 4] = 0     # the model missed C4
+    extents = fill_missing(find_extents(labels), labels.shape)
+    c4 = extents["C4"]
+    assert c4.estimated and c4.confidence == 0.0
+    assert (c4.slice_lo, c4.slice_hi) == BANDS[3]  # the gap between C3 and C5
+    assert (c4.row_lo, c4.row_hi) == (10, 20)      # box from the neighbours
+    assert not any(extents[v].estimated for v in VERTEBRAE if v != "C4")
+
+
+def test_too_few_voxels_counts_as_not_found():
+    labels = banded_labels()
+    labels[labels == 7] = 0
+    labels[30, 15, 15] = 7      # one voxel of C7 is noise, not a vertebra
+    found = find_extents(labels, min_voxels=20)
+    assert found["C7"] is None and found["C6"] is not None
+    c7 = fill_missing(found, labels.shape)["C7"]
+    assert c7.estimated and c7.slice_lo > BANDS[5][1] and c7.slice_hi < labels.shape[0]
+
+
+def test_nothing_found_still_gives_seven_ordered_rows():
+    labels = np.zeros((50, 32, 32), dtype=np.uint8)
+    extents = fill_missing(find_extents(labels), labels.shape)
+    assert list(extents) == VERTEBRAE and all(e.estimated for e in extents.values())
+    starts = [extents[v].slice_lo for v in VERTEBRAE]
+    assert starts == sorted(starts) and all(0 <= e.slice_lo <= e.slice_hi < 50 for e in extents.values())
+    meta = {"uid": "1.2.3", "slice_numbers": list(range(1, 51)), "original_shape": [512, 512]}
+    table = study_rows("1.2.3", extents, meta, labels.shape)
+    assert len(table) == 7 and table["estimated"].all() and list(table.columns) == COLUMNS
+    assert (table["x1"] > table["x0"]).all() and (table["x1"] <= 512).all()
+
+
+# ---- the table: DICOM file numbers and original pixels ----
+
+def _rows_for(slice_numbers, original_shape=(512, 512)):
+    labels = banded_labels()
+    meta = {"uid": "1.2.826.7", "slice_numbers": slice_numbers, "original_shape": list(original_shape)}
+    return study_rows("1.2.826.7", fill_missing(find_extents(labels), labels.shape), meta, labels.shape)
+
+
+def test_table_points_at_the_files_of_a_reversed_study():
+    # stored feet first: the head-first volume's slice 0 is file 40.dcm, slice 39 is 1.dcm
+    table = _rows_for(list(range(40, 0, -1))).set_index("vertebra")
+    for v, (lo, hi) in zip(VERTEBRAE, BANDS):
+        # volume slice i is file 40 - i, so the vertebra's files run from 40 - hi to 40 - lo
+        assert (table.loc[v, "slice_min"], table.loc[v, "slice_max"]) == (40 - hi, 40 - lo)
+    assert table.loc["C1", "slice_min"] > table.loc["C7", "slice_max"]  # the head has the high numbers
+
+
+def test_table_points_at_the_files_of_a_study_with_numbering_gaps():
+    # numbering starts at 101 and skips 111..119 (a missing run of files)
+    numbers = [101 + i for i in range(10)] + [120 + i for i in range(30)]
+    table = _rows_for(numbers).set_index("vertebra")
+    for v, (lo, hi) in zip(VERTEBRAE, BANDS):
+        assert (table.loc[v, "slice_min"], table.loc[v, "slice_max"]) == (numbers[lo], numbers[hi])
+    assert table.loc["C2", "slice_min"] == 109 and table.loc["C2", "slice_max"] == 122  # across the gap
+
+
+def test_table_boxes_are_in_original_pixels():
+    # cache grid 32 x 32 of an original 512 rows x 256 cols slice: rows x16, cols x8
+    table = _rows_for(list(range(1, 41)), original_shape=(512, 256)).set_index("vertebra")
+    assert tuple(table.loc["C3", ["x0", "y0", "x1", "y1"]]) == (12 * 8, 10 * 16, 23 * 8, 21 * 16)
+
+
+def test_table_refuses_inconsistent_meta(tmp_path):
+    labels = banded_labels()
+    extents = fill_missing(find_extents(labels), labels.shape)
+    with pytest.raises(ValueError, match="slice_numbers"):
+        study_rows("1.2.3", extents, {"slice_numbers": [1, 2, 3]}, labels.shape)
+    path = tmp_path / "loc.csv"
+    study_rows("1.2.3", extents, {"slice_numbers": list(range(40))}, labels.shape).iloc[:6].to_csv(path, index=False)
+    with pytest.raises(ValueError, match="lack some of C1..C7"):
+        read_table(path)
+
+
+# ---- grids ----
+
+def test_probabilities_come_back_to_the_cache_grid_like_trilinear_interpolation():
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(8, 6, 8, 8), dim=0)
+    labels, confidence = probs_to_labels(probs, (15, 20, 20), chunk=4)
+    reference = torch.nn.functional.interpolate(probs[None], size=(15, 20, 20), mode="trilinear",
+                                                align_corners=False)[0]
+    assert np.array_equal(labels, reference.argmax(0).numpy())
+    won = reference.max(0).values.numpy()
+    assert confidence["C2"] == pytest.approx(float(won[labels == 2].mean()), rel=1e-5)
+
+
+def test_resampled_mask_keeps_cervical_labels_only():
+    mask = banded_labels()
+    mask[33:36] = 8             # T1 below C7
+    small = resample_mask(mask, (20, 16, 16))
+    assert small.shape == (20, 16, 16) and set(np.unique(small)) == set(range(8))
+
+
+# ---- the model, prediction and the whole stage on a tiny cached dataset ----
+
+def _tiny_localizer_cfg(tiny, **extra):
+    from src.config import load_config
+    from fake_training_data import overrides
+
+    extra = {"localizer.shape": [16, 16, 16], "localizer.channels": [4, 8], "localizer.res_units": 0,
+             "localisation_table": str(tiny["cache_dir"]) + "/localisation_test.csv", **extra}
+    return load_config(["config=localizer", *overrides(tiny, **extra)])
+
+
+def test_a_model_that_finds_nothing_still_gives_seven_rows(tmp_path):
+    from src.localisation.predict import localise_volume
+    from src.models.localizer import Localizer
+    from fake_training_data import make_tiny_dataset
+
+    cfg = _tiny_localizer_cfg(make_tiny_dataset(tmp_path, n_studies=1))
+    model = Localizer(cfg).eval()
+    with torch.no_grad():  # a final layer that always answers "background"
+        last = [m for m in model.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))][-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([10.0] + [0.0] * 7))
+    model.input_shape, model.windows = (16, 16, 16), [[400, 1800]]
+    volume = np.zeros((30, 24, 24), dtype=np.int16)
+    meta = {"uid": "1.2.3.4", "slice_numbers": list(range(60, 30, -1)), "original_shape": [48, 48]}
+    for models in ([model], []):
+        table = localise_volume(models, volume, meta, cfg)
+        assert list(table["vertebra"]) == VERTEBRAE and table["estimated"].all()
+        assert table["slice_min"].between(31, 60).all() and table["slice_max"].between(31, 60).all()
+
+
+def test_localiser_trains_through_the_loop_and_writes_the_table(tmp_path):
+    from src.folds import ensure_folds
+    from src.localisation import ensure_localisation
+    from src.localisation.build import train_missing_folds
+    from src.paths import run_dir
+    from fake_training_data import install_folds, make_tiny_dataset
+
+    tiny = make_tiny_dataset(tmp_path, n_studies=10, slices=14, size=16)
+    install_folds(tiny)
+    cfg = _tiny_localizer_cfg(tiny, **{"localizer.folds": [0, 1]})
+    cache_dir, data_dir = tiny["cache_dir"], tiny["data_dir"]
+    train_missing_folds(cfg, data_dir, cache_dir, ensure_folds(cfg, data_dir), announce=lambda *_: None)
+    metrics = json.loads((run_dir(cfg, fold=0) / "metrics.json").read_text())
+    assert 0.0 <= metrics["dice"] <= 1.0 and 0.0 <= metrics["slice_iou"] <= 1.0
+    assert set(metrics["per_target_dice"]) == set(VERTEBRAE)
+    oof = pd.read_csv(run_dir(cfg, fold=0) / "oof.csv")
+    assert len(oof) == 7 * metrics["n_val"] and {"dice", "slice_iou"} <= set(oof.columns)
+    assert (run_dir(cfg, fold=1) / "best.pt").exists() and not (run_dir(cfg, fold=2) / "best.pt").exists()
+
+    messages = []
+    path = ensure_localisation(cfg, data_dir, cache_dir, announce=messages.append)
+    table = read_table(path)
+    assert len(table) == 7 * len(tiny["uids"]) and set(table["StudyInstanceUID"]) == set(tiny["uids"])
+    assert any("trained on them" in m for m in messages)  # folds 2..4 untrained: said, not hidden
+    assert table["slice_min"].between(1, 14).all() and (table["slice_max"] >= table["slice_min"]).all()
+    assert ensure_localisation(cfg, data_dir, cache_dir, announce=messages.append) == path
+    assert "present" in messages[-1]

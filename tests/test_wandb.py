@@ -1,0 +1,80 @@
+"""Every training run is recorded in W&B: offline without a login, with the config, the per-epoch
+metrics, the end-of-run figures and the oof/metrics artifact. Read back with wandb's own `leet inspect`."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fake_training_data import install_folds, make_tiny_dataset, overrides
+from src import TARGETS
+from src.train import main
+from src.training.wandb_log import flatten, resolve_mode
+
+
+def test_mode_auto_is_offline_without_a_login(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_mode("auto") == "offline"
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password abc123\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert resolve_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode("auto") == "disabled"
+    assert resolve_mode("offline") == "offline"  # an explicit mode wins
+
+
+def test_mode_auto_is_online_with_an_api_key(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_mode("auto") == "online"
+
+
+def test_config_is_flattened_with_dotted_keys():
+    assert flatten({"a": 1, "cnn3d": {"shape": [1, 2], "deep": {"x": None}}}) == \
+        {"a": 1, "cnn3d.shape": [1, 2], "cnn3d.deep.x": None}
+
+
+def leet_records(run_dir: Path) -> list[dict]:
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_a_training_run_writes_its_wandb_files_and_history(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    tiny = make_tiny_dataset(tmp_path)
+    install_folds(tiny)
+    metrics = main(["config=cnn3d", "cnn3d.shape=[8,16,16]", "cnn3d.widths=[4,8]", "tags=[smoke]"]
+                   + overrides(tiny, epochs=1) + ["wandb.mode=auto", f"wandb.dir={tmp_path}"])
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    records = leet_records(runs[0])
+
+    run = next(r["run"] for r in records if r["type"] == "run")
+    assert run["display_name"] == "cnn3d-fold0" and run["run_group"] == "cnn3d" and run["job_type"] == "train"
+    assert set(run["tags"]) >= {"cnn3d", "real", "smoke"}
+    config = run["config"]["update"]
+    assert "cnn3d.shape" in config and "wandb.mode" in config  # the whole config, flattened
+
+    history_keys = set()
+    for record in records:
+        if record["type"] == "history":
+            history_keys |= set(record["history"]["item"])
+    expected = {"train_loss", "val_loss", "score", "lr", "val_C3_auc", *[f"val_{t}_logloss" for t in TARGETS]}
+    assert expected <= history_keys, expected - history_keys
+    assert {"confusion_matrices.path", "roc_curves.path"} <= history_keys  # the end-of-run images
+
+    summary = {}
+    for record in records:
+        if record["type"] == "summary":
+            summary.update(record["summary"]["update"])
+    assert summary["score"] == pytest.approx(metrics["score"])
+    artifact = next(r["artifact"] for r in records if r["type"] == "artifact")
+    assert artifact["name"] == "cnn3d-fold0-oof"
+    assert list((runs[0] / "files" / "media" / "images").glob("*.png"))
