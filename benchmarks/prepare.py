@@ -39,7 +39,7 @@ OURS = r"""
 import json, sys, time
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from src.data.prepare import peak_rss_mb, prepare_dataset
+from src.data.prepare import prepare_dataset
 wall = time.perf_counter()
 summary = prepare_dataset(Path({data!r}), Path({cache!r}), size={size}, workers={workers}, min_slices=5,
                           progress=False)

@@ -98,7 +98,7 @@ def split_args(argv: Iterable[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def apply_overrides(base: dict, pairs: Iterable[tuple[str, str]]) -> dict:
+def apply_overrides(base: dict, pairs: Iterable[tuple[str, str]], where: str = "configs/default.yaml") -> dict:
     """Return a copy of ``base`` with each dotted key set, refusing unknown keys and wrong types."""
     result = yaml.safe_load(yaml.safe_dump(base))  # deep copy, plain types only
     valid = _flat_keys(result)
@@ -106,7 +106,7 @@ def apply_overrides(base: dict, pairs: Iterable[tuple[str, str]]) -> dict:
         if key not in valid:
             hint = closest_keys(key, valid)
             extra = f"; did you mean {' or '.join(hint)}?" if hint else ""
-            raise ConfigError(f"unknown config key '{key}'{extra} (valid keys are listed in configs/default.yaml)")
+            raise ConfigError(f"unknown config key '{key}'{extra} (valid keys: {where})")
         node = result
         *parents, leaf = key.split(".")
         for part in parents:
@@ -206,7 +206,8 @@ def load_config(argv: Iterable[str] | None = None, default_experiment: str = DEF
 
 def parse_overrides(argv: Iterable[str] | None, defaults: dict) -> dict:
     """For small tools with their own defaults (src.score, src.report): the same checks, a plain dict back."""
-    return apply_overrides(defaults, split_args(sys.argv[1:] if argv is None else argv))
+    return apply_overrides(defaults, split_args(sys.argv[1:] if argv is None else argv),
+                           where=", ".join(sorted(defaults)))
 
 
 def save_config(cfg: DictConfig | dict, path: Path) -> None:

@@ -2,6 +2,8 @@
 errors; and a study's prediction through infer.py equals its out-of-fold row (Kaggle parity)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,7 +18,18 @@ from src.inference.test_csv import check_submission, read_test_csv, write_submis
 from src.metric import SubmissionError, to_wide
 from src.synth.dicom_writer import write_series
 
-import infer
+
+def _load_infer_script():
+    """infer.py sits at the repository root, outside any package: load it by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("infer", Path(__file__).resolve().parents[1] / "infer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+infer = _load_infer_script()
 
 GOOD = ["1.2.826.7.1", "1.2.826.7.2"]
 CORRUPT_SLICE, UNREADABLE, ABSENT, NOT_NAMED = "1.2.826.7.3", "1.2.826.7.4", "1.2.826.7.5", "1.2.826.7.6"
@@ -149,54 +162,55 @@ def test_failing_members_fall_back_to_the_others_then_to_the_prior(data_dir, run
     def broken_forward(self, batch):
         return {"logits": torch.full((1, 8), float("nan"))}
 
+    one = "limit_studies=1"  # the first study through the models, the rest get the prior: quicker
     both = tmp_path / "both.csv"
-    run_infer(data_dir, runs_dir, both)
+    run_infer(data_dir, runs_dir, both, one)
     only_effnet = tmp_path / "only_effnet.csv"
-    run_infer(data_dir, runs_dir, only_effnet, "members=[effnet_gru]")
+    run_infer(data_dir, runs_dir, only_effnet, one, "members=[effnet_gru]")
     from src.models.cnn3d import CNN3D
 
     monkeypatch.setattr(CNN3D, "forward", broken_forward)
     broken = tmp_path / "broken.csv"
-    result = run_infer(data_dir, runs_dir, broken)
-    assert result["log"].count("member") == 3 and "cnn3d" in result["log"].events["member"][0][1]
+    result = run_infer(data_dir, runs_dir, broken, one)
+    assert result["log"].uids("member") == [GOOD[0]] and "cnn3d" in result["log"].events["member"][0][1]
     np.testing.assert_allclose(read_submission(broken, data_dir).to_numpy(),
                                read_submission(only_effnet, data_dir).to_numpy(), rtol=1e-6)
     assert not np.allclose(read_submission(broken, data_dir).to_numpy(), read_submission(both, data_dir).to_numpy())
 
     monkeypatch.setattr(members_module.Member, "predict", lambda *a, **k: (_ for _ in ()).throw(MemoryError("boom")))
     nothing = tmp_path / "nothing.csv"
-    result = run_infer(data_dir, runs_dir, nothing)
+    result = run_infer(data_dir, runs_dir, nothing, one)
     wide = read_submission(nothing, data_dir)
     np.testing.assert_allclose(wide.to_numpy(), np.tile(label_prior(data_dir)[0], (len(wide), 1)))
-    assert sorted(result["log"].uids("all_members")) == sorted(GOOD + [CORRUPT_SLICE])
+    assert result["log"].uids("all_members") == [GOOD[0]] and result["log"].count("not_requested") == 4
 
 
 def test_localiser_failure_still_predicts_every_study(data_dir, runs_dir, tmp_path, monkeypatch):
     from src.inference.localiser import Localiser
 
     monkeypatch.setattr(Localiser, "rows_for", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no bones")))
-    result = run_infer(data_dir, runs_dir, tmp_path / "s.csv", "members=[effnet_gru]")
-    assert sorted(result["log"].uids("localiser")) == sorted(GOOD + [CORRUPT_SLICE])
+    result = run_infer(data_dir, runs_dir, tmp_path / "s.csv", "members=[effnet_gru]", "limit_studies=2")
+    assert result["log"].uids("localiser") == GOOD
     assert result["log"].count("all_members") == 0
     read_submission(tmp_path / "s.csv", data_dir)
 
 
+@pytest.mark.slow
 def test_weights_combine_and_tta(data_dir, runs_dir, tmp_path):
-    args = (data_dir, runs_dir)
-    run_infer(*args, tmp_path / "a.csv", "members=[cnn3d]")
-    run_infer(*args, tmp_path / "b.csv", "members=[effnet_gru]")
-    run_infer(*args, tmp_path / "w.csv", "members=[{run: cnn3d, weight: 3}, {run: effnet_gru, weight: 1}]",
-              "combine=prob")
-    a, b, w = (read_submission(tmp_path / f"{n}.csv", data_dir).loc[GOOD].to_numpy() for n in "abw")
+    def predicted(name, *extra):
+        """The two studies the models predict (limit_studies=2 gives the rest the prior, quicker)."""
+        run_infer(data_dir, runs_dir, tmp_path / f"{name}.csv", "limit_studies=2", *extra)
+        return read_submission(tmp_path / f"{name}.csv", data_dir).loc[GOOD].to_numpy()
+
+    a = predicted("a", "members=[cnn3d]")
+    b = predicted("b", "members=[effnet_gru]")
+    w = predicted("w", "members=[{run: cnn3d, weight: 3}, {run: effnet_gru, weight: 1}]", "combine=prob")
     np.testing.assert_allclose(w, 0.75 * a + 0.25 * b, rtol=1e-6)
-    run_infer(*args, tmp_path / "l.csv", "members=[{run: cnn3d, weight: 1}, {run: effnet_gru, weight: 1}]",
-              "combine=logit")
-    lg = read_submission(tmp_path / "l.csv", data_dir).loc[GOOD].to_numpy()
+    lg = predicted("l", "members=[cnn3d, effnet_gru]", "combine=logit")
     np.testing.assert_allclose(lg, 1 / (1 + np.exp(-(np.log(a / (1 - a)) + np.log(b / (1 - b))) / 2)), rtol=1e-5)
-    run_infer(*args, tmp_path / "f0.csv", "members=[{run: cnn3d, folds: [0]}]")
-    run_infer(*args, tmp_path / "t.csv", "members=[{run: cnn3d, folds: [0]}]", "tta=true")
-    f0, t = (read_submission(tmp_path / f"{n}.csv", data_dir).loc[GOOD].to_numpy() for n in ("f0", "t"))
-    assert not np.allclose(f0, a) and not np.allclose(f0, t)  # two folds differ from one; the mirror counts
+    f0 = predicted("f0", "members=[{run: cnn3d, folds: [0]}]")
+    mirrored = predicted("t", "members=[{run: cnn3d, folds: [0]}]", "tta=true")
+    assert not np.allclose(f0, a) and not np.allclose(f0, mirrored)  # two folds differ from one; the mirror counts
 
 
 def test_missing_runs_and_bad_settings_are_clear_errors(data_dir, runs_dir, tmp_path):
@@ -241,3 +255,72 @@ def test_prior_comes_from_train_csv_else_the_spec(tmp_path, data_dir):
     np.testing.assert_allclose(rates, SPEC_PREVALENCE) and "SPEC" in source
     (tmp_path / "train.csv").write_text("garbage\n1\n")
     np.testing.assert_allclose(label_prior(tmp_path)[0], SPEC_PREVALENCE)
+
+
+# ---- Kaggle parity: trained runs, a study through infer.py == its row in oof.csv ----
+
+def train_tiny_run(tiny, experiment, extra):
+    """One epoch of the real training loop on the tiny cached dataset, into runs/<experiment>/fold0."""
+    from fake_training_data import overrides
+    from src.folds import ensure_folds
+    from src.models.registry import get_model_class, model_task
+    from src.tasks import get_task_class
+    from src.training import fit
+
+    # prepare.size = the tiny cache's size, so that reading its DICOMs gives the cached volume back
+    cfg = load_config([f"config={experiment}", *overrides(tiny), "prepare.size=16", *extra])
+    task = get_task_class(model_task(get_model_class(cfg["model"]), cfg))(
+        cfg, tiny["data_dir"], tiny["cache_dir"], ensure_folds(cfg, tiny["data_dir"]), announce=lambda *_: None)
+    folder = Path(tiny["runs_dir"]) / experiment / "fold0"
+    fit(cfg, task, folder, dataset_kind="demo", announce=lambda *_: None)
+    return pd.read_csv(folder / "oof.csv", dtype={"StudyInstanceUID": str})
+
+
+def cached_studies_as_dicom(tiny, uids, out_dir):
+    """The cached (already 16 px) volumes of ``uids`` written back out as Kaggle test DICOMs."""
+    from src.data.cache import load_study
+
+    for uid in uids:
+        study = load_study(tiny["cache_dir"], "train_images", uid, mmap=False)
+        write_series(out_dir / "test_images" / uid, np.asarray(study.volume), study_uid=uid,
+                     slice_numbers=study.meta["slice_numbers"], z_positions=study.meta["z"],
+                     pixel_spacing=tuple(study.meta["pixel_spacing"]), slice_thickness=1.0)
+    write_test_csv(out_dir / "test.csv", uids)
+
+
+@pytest.mark.slow
+def test_kaggle_parity_prediction_equals_the_validation_row(tmp_path, capsys):
+    from fake_training_data import install_folds, make_tiny_dataset
+
+    tiny = make_tiny_dataset(tmp_path / "tiny", n_studies=10, slices=14, size=16)
+    install_folds(tiny)
+    oof = {
+        "effnet_gru": train_tiny_run(tiny, "effnet_gru", MODELS["effnet_gru"][:-1]),
+        "cnn3d": train_tiny_run(tiny, "cnn3d", MODELS["cnn3d"][:-1]),
+    }
+    uids = list(oof["cnn3d"]["StudyInstanceUID"])
+    assert uids and set(uids) == set(oof["effnet_gru"]["StudyInstanceUID"])
+    kaggle = tmp_path / "kaggle"
+    cached_studies_as_dicom(tiny, uids, kaggle)
+    common = [f"data_dir={kaggle}", f"runs_dir={tiny['runs_dir']}", "progress=false", "device=cpu",
+              f"localisation_table={tiny['localisation_table']}", "localizer=no_localiser_trained"]
+    for experiment, rows in oof.items():
+        out = tmp_path / f"{experiment}.csv"
+        infer.main(common + [f"members=[{experiment}]", f"output={out}"])
+        got = to_wide(pd.read_csv(out)).set_index("StudyInstanceUID").loc[uids, TARGETS].to_numpy()
+        np.testing.assert_allclose(got, rows.set_index("StudyInstanceUID").loc[uids, TARGETS].to_numpy(),
+                                   rtol=0, atol=1e-5, err_msg=experiment)
+
+    # the ensemble fitted on those oof rows is what infer.py then uses (ensemble=auto)
+    from src.ensemble import main as ensemble_main
+
+    fitted = ensemble_main([f"runs_dir={tiny['runs_dir']}", "runs=effnet_gru,cnn3d",
+                            f"truth={Path(tiny['data_dir']) / 'train.csv'}"])
+    out = tmp_path / "ensemble.csv"
+    infer.main(common + ["members=[cnn3d, effnet_gru]", f"output={out}"])
+    assert "fitted by src.ensemble" in capsys.readouterr().out
+    got = to_wide(pd.read_csv(out)).set_index("StudyInstanceUID").loc[uids, TARGETS].to_numpy()
+    from src.ensembling.weights import combine
+
+    members = np.stack([oof[m].set_index("StudyInstanceUID").loc[uids, TARGETS].to_numpy() for m in fitted["members"]])
+    np.testing.assert_allclose(got, combine(members, fitted["weights"], fitted["combine"]), atol=1e-5)

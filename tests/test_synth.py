@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import dicomsdl
@@ -247,6 +248,7 @@ def test_dataset_layout_trap_and_determinism(tmp_path):
                                progress=False, workers=1)
     train = pd.read_csv(out / "train.csv")
     assert list(train.columns) == ["StudyInstanceUID", *TARGETS] and len(train) == 3
+    assert json.loads((out / "synth_summary.json").read_text())["n_train"] == 3
     assert (train["patient_overall"] == train[VERTEBRAE].max(axis=1)).all()
     train_dirs = {p.name for p in (out / "train_images").iterdir()}
     assert train_dirs == set(train["StudyInstanceUID"])
@@ -270,16 +272,23 @@ def test_dataset_layout_trap_and_determinism(tmp_path):
     for uid, group in boxes.groupby("StudyInstanceUID"):
         files = {int(p.stem) for p in (out / "train_images" / uid).glob("*.dcm")}
         assert set(group["slice_number"]) <= files
-    # refuses a non-empty folder unless told, and the same seed gives the same files
+    # refuses a non-empty folder unless told; overwrite replaces the dataset
     with pytest.raises(FileExistsError, match="overwrite"):
-        generate_dataset(out, n_train=3, n_test=2, seed=5, progress=False, workers=1)
-    again = tmp_path / "again"
-    generate_dataset(again, n_train=3, n_test=2, seed=5, seg_fraction=0.34, plant_test_trap=True, progress=False,
-                     workers=2)
-    assert _digests(out) == _digests(again)
-    generate_dataset(again, n_train=1, n_test=1, seed=6, progress=False, workers=1, overwrite=True)
-    assert len(pd.read_csv(again / "train.csv")) == 1
-    assert len(list((again / "train_images").iterdir())) == 1
+        generate_dataset(out, n_train=1, n_test=1, seed=6, progress=False, workers=1)
+    generate_dataset(out, n_train=1, n_test=1, seed=6, progress=False, workers=1, overwrite=True)
+    assert len(pd.read_csv(out / "train.csv")) == 1
+    assert len(list((out / "train_images").iterdir())) == 1
+    assert not (out / "segmentations").exists() or not any((out / "segmentations").iterdir())
+
+
+@pytest.mark.slow
+def test_same_seed_gives_identical_files_whatever_the_workers(tmp_path):
+    kwargs = dict(n_train=3, n_test=2, seed=5, seg_fraction=0.34, plant_test_trap=True, progress=False)
+    generate_dataset(tmp_path / "one", workers=1, **kwargs)
+    generate_dataset(tmp_path / "two", workers=2, **kwargs)
+    assert _digests(tmp_path / "one") == _digests(tmp_path / "two")
+    generate_dataset(tmp_path / "other", workers=1, **dict(kwargs, seed=6))
+    assert _digests(tmp_path / "one") != _digests(tmp_path / "other")
 
 
 def test_cli_rejects_unknown_keys_and_nonempty_folder(tmp_path, capsys):

@@ -106,7 +106,8 @@ class EffNetGRU(nn.Module):
     family = "effnet_gru"
     needs_localisation = True
     smoke_overrides = ("effnet_gru.encoder=test_efficientnet", "effnet_gru.n_slices=3", "effnet_gru.neighbours=0",
-                       "effnet_gru.crop_size=32", "effnet_gru.gru_hidden=8", "batch_size=2")
+                       "effnet_gru.crop_size=32", "effnet_gru.gru_hidden=8", "batch_size=2",
+                       "pretrained=false", "effnet_gru.grad_checkpointing=false")
 
     def __init__(self, cfg):
         super().__init__()
