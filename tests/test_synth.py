@@ -242,7 +242,7 @@ def _digests(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != "synth_summary.json"}
 
 
-def test_dataset_layout_trap_and_determinism(tmp_path):
+def test_dataset_layout_trap_and_overwrite(tmp_path):
     out = tmp_path / "demo"
     summary = generate_dataset(out, n_train=3, n_test=2, seed=5, seg_fraction=0.34, plant_test_trap=True,
                                progress=False, workers=1)

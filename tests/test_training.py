@@ -33,8 +33,17 @@ def run_folder(tiny, experiment="cnn3d", fold=0):
     return Path(tiny["runs_dir"]) / experiment / f"fold{fold}"
 
 
-def test_run_folder_holds_everything_the_spec_names(tiny):
-    metrics = main(TINY_CNN + overrides(tiny, epochs=2))
+STRAIGHT = dict(epochs=2, max_steps_per_epoch=3)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny):
+    """Two uninterrupted epochs: the run-folder checks and the resume comparison both read it."""
+    return main(TINY_CNN + overrides(tiny, **STRAIGHT))
+
+
+def test_run_folder_holds_everything_the_spec_names(tiny, straight_run):
+    metrics = straight_run
     folder = run_folder(tiny)
     for name in ["config.yaml", "last.pt", "best.pt", "history.csv", "metrics.json", "oof.csv",
                  "confusion_matrices.png", "roc_curves.png"]:
@@ -72,10 +81,9 @@ class Killed(Exception):
     pass
 
 
-def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny, monkeypatch):
-    args = TINY_CNN + overrides(tiny, epochs=2, max_steps_per_epoch=3)
-    main(args + [f"runs_dir={tiny['runs_dir']}_straight"])
-    straight = torch.load(run_folder({"runs_dir": tiny["runs_dir"] + "_straight"}) / "last.pt", weights_only=True)
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny, straight_run, monkeypatch):
+    args = TINY_CNN + overrides(tiny, **STRAIGHT)
+    straight = torch.load(run_folder(tiny) / "last.pt", weights_only=True)
 
     real_save = loop.save_checkpoint
 
@@ -88,7 +96,7 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny, monkeypat
     with pytest.raises(Killed):
         main(args + [f"runs_dir={tiny['runs_dir']}_resumed"])
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    # burn some random numbers, as a fresh process would have different RNG states
+    # draw some random numbers: a fresh process would start from other RNG states
     torch.rand(100), np.random.rand(100)
     main(args + [f"runs_dir={tiny['runs_dir']}_resumed", "resume=true"])
     folder = run_folder({"runs_dir": tiny["runs_dir"] + "_resumed"})

@@ -4,7 +4,8 @@
 (see src/synth/generate.py); src.paths calls :func:`src.synth.generate.generate_dataset` when no
 real data is configured. The parts, one job each:
 
-- ``anatomy``      the HU volume and vertebra label volume of one study, built from simple shapes
+- ``shapes``       signed-distance solids (slabs, rings, bars, capsules) the anatomy is made of
+- ``anatomy``      the HU volume and vertebra label volume of one study, built from those shapes
 - ``fractures``    the labels a study is drawn with and the low-density clefts that show them
 - ``study``        one study in memory: geometry, slice numbering, anatomy and fractures together
 - ``dicom_writer`` slices to DICOM files (uncompressed, JPEG Lossless, RLE, JPEG 2000)

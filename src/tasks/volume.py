@@ -75,7 +75,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         if self.augment and torch.rand(()) < self.augment["flip_lr"]:
             # left-right mirror of the patient; torch's RNG, so workers and resumed runs replay it
             volume = volume.flip(-1)
-        return {"volume": volume.contiguous(), "labels": torch.from_numpy(self.labels[index])}
+        return {"volume": volume.contiguous(), "labels": torch.tensor(self.labels[index])}
 
     def jitter(self, hu: np.ndarray) -> np.ndarray:
         """Small scanner-like intensity change: HU scaled by 1 +- scale and shifted by +- shift HU."""
