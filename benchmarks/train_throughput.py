@@ -9,7 +9,7 @@ loop does per batch (forward, competition-style loss, backward, AdamW step) on r
 the dataset's items, so the figure is the model's cost alone (the data pipeline is separate and on the
 demo much cheaper). A vertebra-sample is one vertebra's stack of ``n_slices`` crops; one study is seven.
 On a CPU the real-data settings are capped (``--slices``, ``--vertebrae``) to fit the time and memory;
-the printed line says which cap was used. Needs only torch, timm and omegaconf, like the model itself.
+the printed line says which cap was used. Needs only torch, timm and PyYAML (numpy, pandas via the loss).
 """
 from __future__ import annotations
 
@@ -23,22 +23,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def settings(which: str, overrides: list[str]):
-    """The effnet_gru experiment's config: its top level (real data) or with its on_demo section."""
-    from omegaconf import OmegaConf
+def settings(which: str, overrides: dict) -> dict:
+    """The effnet_gru experiment's config as a plain dict: its top level (real data) or with its on_demo
+    section. Read with PyYAML alone (the GPU box has no omegaconf); the model accepts a dict."""
+    import yaml
 
-    from src.config import _deep_update, apply_overrides, load_experiment_file, split_args
+    def merge(base: dict, child: dict) -> dict:
+        out = dict(base)
+        for key, value in child.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
 
-    data = load_experiment_file("effnet_gru")
-    on_demo = data.pop("on_demo", None) or {}
+    base = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    experiment = yaml.safe_load((ROOT / "configs" / "effnet_gru.yaml").read_text())
+    experiment.pop("inherit", None)
+    on_demo = experiment.pop("on_demo", None) or {}
+    cfg = merge(base, experiment)
     if which == "demo":
-        data = _deep_update(data, on_demo)
-    data["experiment"] = "effnet_gru"
-    return OmegaConf.create(apply_overrides(data, split_args(overrides)))
+        cfg = merge(cfg, on_demo)
+    return merge(cfg, overrides)
 
 
 def measure(which: str, device_name: str, steps: int, warmup: int, batch: int | None, slices: int | None,
-            vertebrae: int, threads: int | None) -> dict:
+            vertebrae: int, threads: int | None, checkpointing: str | None = None) -> dict:
     import resource
 
     import torch
@@ -47,18 +54,18 @@ def measure(which: str, device_name: str, steps: int, warmup: int, batch: int | 
 
     if threads:
         torch.set_num_threads(threads)
-    overrides = ["pretrained=false"]
-    if slices:
-        overrides.append(f"effnet_gru.n_slices={slices}")
+    overrides = {"pretrained": False, "effnet_gru": {"n_slices": slices} if slices else {}}
+    if checkpointing:
+        overrides["effnet_gru"]["grad_checkpointing"] = checkpointing == "on"
     cfg = settings(which, overrides)
-    c = cfg.effnet_gru
+    c = cfg["effnet_gru"]
     device = torch.device(device_name)
-    batch = batch or cfg.batch_size
+    batch = batch or cfg["batch_size"]
     model = EffNetGRU(cfg).to(device)
-    if cfg.channels_last and device.type == "cuda":
+    if cfg["channels_last"] and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    shape = (batch, vertebrae, c.n_slices, input_channels(cfg), c.crop_size, c.crop_size)
+    shape = (batch, vertebrae, c["n_slices"], input_channels(cfg), c["crop_size"], c["crop_size"])
     images = torch.rand(shape, device=device)
     labels = (torch.rand(batch, vertebrae, device=device) < 0.2).float()
     use_bf16 = device.type == "cuda"
@@ -85,11 +92,11 @@ def measure(which: str, device_name: str, steps: int, warmup: int, batch: int | 
     seconds = time.perf_counter() - started
     result = {
         "setting": which, "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
-        "encoder": c.encoder, "n_slices": c.n_slices, "channels": input_channels(cfg), "crop_size": c.crop_size,
-        "batch_studies": batch, "vertebrae_per_study": vertebrae, "grad_checkpointing": bool(c.grad_checkpointing),
+        "encoder": c["encoder"], "n_slices": c["n_slices"], "channels": input_channels(cfg), "crop_size": c["crop_size"],
+        "batch_studies": batch, "vertebrae_per_study": vertebrae, "grad_checkpointing": bool(c["grad_checkpointing"]),
         "steps": steps, "seconds": round(seconds, 2),
         "vertebra_samples_per_s": round(batch * vertebrae * steps / seconds, 2),
-        "slice_images_per_s": round(batch * vertebrae * c.n_slices * steps / seconds, 1),
+        "slice_images_per_s": round(batch * vertebrae * c["n_slices"] * steps / seconds, 1),
     }
     if device.type == "cuda":
         result["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -107,12 +114,13 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=None, help="cap n_slices (CPU default for real: 4)")
     parser.add_argument("--vertebrae", type=int, default=None, help="vertebrae per study (default 7; CPU real: 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--grad-checkpointing", choices=["on", "off"], help="override the config's choice")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:  # one measurement, in its own process: print it as JSON
         print(json.dumps(measure(args.only, args.device, args.steps, args.warmup, args.batch, args.slices,
-                                 args.vertebrae, args.threads)))
+                                 args.vertebrae, args.threads, args.grad_checkpointing)))
         return
     cpu = args.device == "cpu"
     for which in [args.only] if args.only else ["demo", "real"]:
@@ -123,7 +131,8 @@ def main() -> None:
                "--vertebrae", str(args.vertebrae or (1 if capped_real else 7))]
         slices = args.slices or (4 if capped_real else None)
         batch = args.batch or (1 if capped_real else None)
-        for flag, value in (("--slices", slices), ("--batch", batch), ("--threads", args.threads)):
+        for flag, value in (("--slices", slices), ("--batch", batch), ("--threads", args.threads),
+                            ("--grad-checkpointing", args.grad_checkpointing)):
             if value:
                 cmd += [flag, str(value)]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

@@ -185,6 +185,19 @@ def test_failing_members_fall_back_to_the_others_then_to_the_prior(data_dir, run
     assert result["log"].uids("all_members") == [GOOD[0]] and result["log"].count("not_requested") == 4
 
 
+def test_an_unexpected_error_costs_only_that_study(data_dir, runs_dir, tmp_path, monkeypatch):
+    from src.inference import pipeline
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "stage_study", full_disk)
+    result = run_infer(data_dir, runs_dir, tmp_path / "s.csv", "members=[cnn3d]", "limit_studies=1")
+    assert result["log"].uids("error") == [GOOD[0]] and "No space left" in result["log"].events["error"][0][1]
+    np.testing.assert_allclose(read_submission(tmp_path / "s.csv", data_dir).loc[GOOD[0]].to_numpy(),
+                               label_prior(data_dir)[0])
+
+
 def test_localiser_failure_still_predicts_every_study(data_dir, runs_dir, tmp_path, monkeypatch):
     from src.inference.localiser import Localiser
 

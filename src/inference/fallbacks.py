@@ -11,13 +11,14 @@ shows at a glance how many of the hidden studies fell back to the prior or lost 
 - ``member``       one member failed on the study; the others predicted        -> remaining members
 - ``all_members``  every member failed                                         -> prior
 - ``not_requested`` beyond limit_studies                                       -> prior
+- ``error``        anything else that went wrong with the study (scratch disk) -> prior
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-USES_PRIOR = {"absent", "bad_uid", "unreadable", "all_members", "not_requested"}
+USES_PRIOR = {"absent", "bad_uid", "unreadable", "all_members", "not_requested", "error"}
 
 
 @dataclass

@@ -57,7 +57,7 @@ class Predictor:
         """The ensemble's eight probabilities for one study, or None when only the prior is left."""
         start = time.perf_counter()
         try:
-            volumes, messages = read_test_study(study_dir, self.sizes, self.min_slices)
+            volumes, _ = read_test_study(study_dir, self.sizes, self.min_slices)
         except StudyReadError as err:
             log.add("unreadable", uid, str(err))
             return None
@@ -173,7 +173,10 @@ def run_inference(cfg: dict, announce=print) -> dict:
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # what matters is in the log; the bar stays readable
-                prediction = predictor.predict_study(safe_uid, image_root / safe_uid, log)
+                try:
+                    prediction = predictor.predict_study(safe_uid, image_root / safe_uid, log)
+                except Exception as err:  # e.g. the scratch disk is full: this study gets the prior, the run goes on
+                    log.add("error", uid, f"{type(err).__name__}: {err}")
         predictions[uid] = prior if prediction is None else np.clip(prediction, 0.0, 1.0)
     bar.close()
 

@@ -78,6 +78,16 @@ def create_encoder(name: str, in_chans: int, pretrained: bool = False, pretraine
             f"(HF_HOME) on a machine with network, or set pretrained=false") from err
 
 
+def _config_error(message: str) -> Exception:
+    """src.config's ConfigError (entry points print it as one line, no traceback) where src.config can be
+    imported; the GPU box and inference may lack omegaconf, and then a plain ValueError says the same."""
+    try:
+        from ..config import ConfigError
+    except ImportError:
+        return ValueError(message)
+    return ConfigError(message)
+
+
 def noisy_or_logit(vertebra_logits: torch.Tensor) -> torch.Tensor:
     """logit of 1 - prod(1 - p_v) over the last dimension, computed without leaving log space.
 
@@ -113,12 +123,13 @@ class EffNetGRU(nn.Module):
         super().__init__()
         c = cfg["effnet_gru"]
         if c["patient_head"] not in PATIENT_HEADS:
-            from ..config import ConfigError
-
-            raise ConfigError(f"effnet_gru.patient_head={c['patient_head']!r}; expected one of {', '.join(PATIENT_HEADS)}")
+            raise _config_error(f"effnet_gru.patient_head={c['patient_head']!r}; expected one of {', '.join(PATIENT_HEADS)}")
         self.patient_head = c["patient_head"]
-        self.encoder = create_encoder(c["encoder"], input_channels(cfg), bool(cfg["pretrained"]), cfg["pretrained_path"],
-                                      float(c.get("drop_path_rate", 0.0)))
+        try:
+            self.encoder = create_encoder(c["encoder"], input_channels(cfg), bool(cfg["pretrained"]),
+                                          cfg["pretrained_path"], float(c.get("drop_path_rate", 0.0)))
+        except PretrainedWeightsError as err:
+            raise _config_error(str(err)) from err
         if c.get("grad_checkpointing", False):
             self.encoder.set_grad_checkpointing(True)  # trades compute for memory at 384-512 px on a GPU
         features = self.encoder.num_features
