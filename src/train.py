@@ -4,6 +4,9 @@ Builds whatever the run needs and lacks first, saying so one line per step: the 
 dataset when no real data is configured), the study cache, the folds, and, for models that train on
 vertebra crops, the localisation table. Then trains through the one loop (src/training/loop.py) into
 ``runs/<experiment>/fold<K>/``.
+
+Under torchrun (``bash train.sh gpus=N``, src/training/distributed.py) rank 0 builds those things first,
+alone, while the other ranks wait; then every rank trains, and only rank 0 prints.
 """
 from __future__ import annotations
 
@@ -30,6 +33,17 @@ def ensure_cache(cfg, data_dir: Path, cache_dir: Path, announce=print) -> None:
 
 def main(argv: list[str]) -> dict:
     cfg = load_config(argv)
+    from .training import distributed
+
+    distributed.setup(cfg["device"])  # a no-op unless torchrun started this process
+    try:
+        with distributed.quiet_unless_main():
+            return _build_and_train(cfg, distributed)
+    finally:
+        distributed.shutdown()
+
+
+def _build_and_train(cfg, distributed) -> dict:
     from .folds import ensure_folds
     from .models.registry import get_model_class, model_task
     from .tasks import get_task_class
@@ -37,23 +51,25 @@ def main(argv: list[str]) -> dict:
 
     model_cls = get_model_class(cfg["model"])  # fail on a bad name before any data work
     task_cls = get_task_class(model_task(model_cls, cfg))
-    data_dir = resolve_data_dir(cfg)
-    dataset_kind = cfg["dataset_kind"]  # set by load_config: "demo" when the demo data stands in
-    cache_dir = resolve_cache_dir(cfg, data_dir)
-    ensure_cache(cfg, data_dir, cache_dir)
-    folds = ensure_folds(cfg, data_dir)
-    print(f"[folds] fold {cfg['fold']}: {int((folds['fold'] == cfg['fold']).sum())} validation studies of {len(folds)}")
-    if getattr(model_cls, "needs_localisation", False):
-        from .localisation import ensure_localisation
+    with distributed.main_first():
+        data_dir = resolve_data_dir(cfg)
+        dataset_kind = cfg["dataset_kind"]  # set by load_config: "demo" when the demo data stands in
+        cache_dir = resolve_cache_dir(cfg, data_dir)
+        ensure_cache(cfg, data_dir, cache_dir)
+        folds = ensure_folds(cfg, data_dir)
+        print(f"[folds] fold {cfg['fold']}: {int((folds['fold'] == cfg['fold']).sum())} validation studies of {len(folds)}")
+        if getattr(model_cls, "needs_localisation", False):
+            from .localisation import ensure_localisation
 
-        ensure_localisation(cfg, data_dir, cache_dir)
+            ensure_localisation(cfg, data_dir, cache_dir)
     task = task_cls(cfg, data_dir, cache_dir, folds)
     folder = run_dir(cfg)
     print(f"[run] {folder} ({cfg['experiment']}: model {cfg['model']}, task {task_cls.registry_name}, {dataset_kind} data)")
     try:
         return fit(cfg, task, folder, dataset_kind=dataset_kind)
     except TrainingStopped as err:
-        print(f"[stopped] {err}", file=sys.stderr)
+        if distributed.current().is_main:
+            print(f"[stopped] {err}", file=sys.stderr)
         raise SystemExit(1) from None
 
 

@@ -139,7 +139,7 @@ def test_table_points_at_the_files_of_a_study_with_numbering_gaps():
 
 
 def test_table_boxes_are_in_original_pixels():
-    # cache grid 32 x 32 of an original 512 rows x 256 cols slice: rows x16, cols x8
+    # a 32 x 32 study grid of an original 512 rows x 256 cols slice: rows x16, cols x8
     table = _rows_for(list(range(1, 41)), original_shape=(512, 256)).set_index("vertebra")
     assert tuple(table.loc["C3", ["x0", "y0", "x1", "y1"]]) == (12 * 8, 10 * 16, 23 * 8, 21 * 16)
 
@@ -157,15 +157,15 @@ def test_table_refuses_inconsistent_meta(tmp_path):
 
 # ---- grids ----
 
-def test_probabilities_come_back_to_the_cache_grid_like_trilinear_interpolation():
+def test_probabilities_come_back_to_every_slice_like_trilinear_interpolation():
     torch.manual_seed(0)
     probs = torch.softmax(torch.randn(8, 6, 8, 8), dim=0)
     labels, confidence = probs_to_labels(probs, (15, 20, 20), chunk=4)
     reference = torch.nn.functional.interpolate(probs[None], size=(15, 20, 20), mode="trilinear",
                                                 align_corners=False)[0]
     assert np.array_equal(labels, reference.argmax(0).numpy())
-    won = reference.max(0).values.numpy()
-    assert confidence["C2"] == pytest.approx(float(won[labels == 2].mean()), rel=1e-5)
+    best_prob, best = probs.max(0)  # confidence: mean winning probability on the model grid
+    assert confidence["C2"] == pytest.approx(float(best_prob[best == 2].mean()), rel=1e-5)
 
 
 def test_resampled_mask_keeps_cervical_labels_only():

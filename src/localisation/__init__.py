@@ -2,7 +2,7 @@
 
 A 3D U-Net (src/models/localizer.py), trained on the studies that have masks through the one training
 loop ("localize" task, src/localisation/task.py), labels the downsampled study; its labels, brought back
-to the cache grid, give each vertebra's slice range and box: the localisation table (src/localisation/
+to every original slice, give each vertebra's slice range and box: the localisation table (src/localisation/
 table.py, columns in shared/SPEC.md) that the per-vertebra classifier and inference read.
 
 - ``python -m src.localize``: train the fold localisers that are missing, then (re)write the table
@@ -10,7 +10,7 @@ table.py, columns in shared/SPEC.md) that the per-vertebra classifier and infere
 - :func:`src.localisation.predict.localise_volume`: the table rows of one study (inference)
 
 Modules: metrics (Dice, slice IoU), extents (labels -> vertebra boxes, estimates for missed ones), table
-(boxes -> DICOM slice numbers and original pixels), resample (cache grid <-> model grid), dataset, task,
+(boxes -> DICOM slice numbers and original pixels), resample (study slices <-> model grid), dataset, task,
 predict, build, figures.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 LOCALIZER_EXPERIMENT = "localizer"
+LOCALIZER_MODEL = "localizer"
 
 # Keys of the calling experiment that the localiser must share: where the data, cache, folds, runs and
 # table live, how folds are cut, and how runs are executed and logged.
@@ -61,7 +62,8 @@ def ensure_localisation(cfg, data_dir: Path, cache_dir: Path, announce=print) ->
         announce(f"[localisation] {path} lacks {len(lacking)} cached studies: rebuilding it")
     else:
         announce(f"[localisation] no table at {path}: building it with configs/{LOCALIZER_EXPERIMENT}.yaml")
-    loc_cfg = localizer_config(cfg, cache_dir)
+    # called with the localiser's own config (src.localize, tests): keep it; from a classifier: localizer.yaml
+    loc_cfg = cfg if cfg["model"] == LOCALIZER_MODEL else localizer_config(cfg, cache_dir)
     folds = ensure_folds(loc_cfg, data_dir, announce=announce)
     train_missing_folds(loc_cfg, data_dir, cache_dir, folds, announce=announce)
     build_table(loc_cfg, data_dir, cache_dir, folds, announce=announce)

@@ -102,7 +102,7 @@ def build_table(cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, annou
                 ious.append(iou)
         else:
             probs = predict_probs(list(models.values()), study.volume)
-            grid = study.volume.shape
+            grid = (int(study.volume.shape[0]), *probs.shape[2:])
             labels, confidence = probs_to_labels(probs, grid)
             rows = study_rows(uid, extents_for(labels, confidence, min_voxels(cfg, grid)), study.meta, grid)
         parts.append(rows)

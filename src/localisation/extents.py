@@ -1,8 +1,9 @@
 """Where each vertebra lies in a predicted label volume, and an estimate for those the model missed.
 
 Called by src/localisation/predict.py (every study the localiser sees) and by the localiser task's
-validation. Everything here works on one grid, the study cache's (slices head to feet, rows, cols), in
-array indices; src/localisation/table.py turns the result into DICOM slice numbers and original pixels.
+validation. Everything here works on one "study grid": every original slice (head to feet, as the cache
+orders them) by rows by cols at some in-plane size, in array indices; src/localisation/table.py turns the
+result into DICOM slice numbers and original pixels.
 
 A vertebra's extent is the bounding box of the voxels the model gave its label, after dropping stray
 specks: along each axis only the main run of slices/rows/columns is kept (small gaps allowed), so a
@@ -21,21 +22,21 @@ from .. import VERTEBRAE
 
 # Typical position of C1..C7 as fractions of a neck CT: (slice start, slice end) along the head-to-feet
 # axis, then (row start, row end, col start, col end) in-plane; ends exclusive. Only used to place
-# vertebrae the model did not find; measured on the demo dataset's masks (see the localiser README).
+# vertebrae the model did not find; the means over the 56 segmented studies of the demo dataset.
 TYPICAL_LAYOUT = {
-    "C1": (0.10, 0.17, 0.35, 0.65, 0.35, 0.65),
-    "C2": (0.16, 0.29, 0.35, 0.65, 0.38, 0.62),
-    "C3": (0.29, 0.38, 0.35, 0.65, 0.38, 0.62),
-    "C4": (0.38, 0.47, 0.35, 0.65, 0.38, 0.62),
-    "C5": (0.47, 0.56, 0.35, 0.65, 0.38, 0.62),
-    "C6": (0.56, 0.65, 0.35, 0.65, 0.38, 0.62),
-    "C7": (0.65, 0.74, 0.35, 0.65, 0.38, 0.62),
+    "C1": (0.09, 0.15, 0.40, 0.63, 0.32, 0.68),
+    "C2": (0.09, 0.27, 0.39, 0.70, 0.36, 0.64),  # the dens reaches up into the ring of C1
+    "C3": (0.27, 0.36, 0.38, 0.63, 0.36, 0.64),
+    "C4": (0.37, 0.46, 0.37, 0.64, 0.36, 0.64),
+    "C5": (0.46, 0.55, 0.37, 0.65, 0.36, 0.64),
+    "C6": (0.56, 0.65, 0.38, 0.68, 0.36, 0.64),
+    "C7": (0.66, 0.76, 0.40, 0.75, 0.36, 0.64),
 }
 
 
 @dataclass(frozen=True)
 class Extent:
-    """Inclusive index ranges of one vertebra on the cache grid."""
+    """Inclusive index ranges of one vertebra on a study grid."""
 
     slice_lo: int
     slice_hi: int
@@ -89,7 +90,7 @@ def find_extents(labels: np.ndarray, confidence: dict[str, float] | None = None,
 
 
 def min_voxels(cfg, grid_shape) -> int:
-    """Fewest voxels on the cache grid for a vertebra to count as found (``localizer.min_voxel_fraction``)."""
+    """Fewest voxels on the study grid for a vertebra to count as found (``localizer.min_voxel_fraction``)."""
     return max(1, int(round(cfg["localizer"]["min_voxel_fraction"] * float(np.prod(grid_shape)))))
 
 

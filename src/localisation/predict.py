@@ -65,10 +65,13 @@ def localise_volume(models, volume: np.ndarray, meta: dict, cfg, study_uid: str 
     uid = study_uid or meta.get("uid")
     if uid is None:
         raise ValueError("localise_volume needs the study's UID, in meta['uid'] or study_uid=")
-    grid = tuple(int(s) for s in np.shape(volume))
     if models:
-        labels, confidence = probs_to_labels(predict_probs(models, volume), grid)
+        probs = predict_probs(models, volume)
+        # every original slice, in-plane at the model grid: slice ranges exact, boxes to a model voxel
+        grid = (int(np.shape(volume)[0]), *probs.shape[2:])
+        labels, confidence = probs_to_labels(probs, grid)
     else:
+        grid = tuple(int(s) for s in np.shape(volume))
         labels, confidence = np.zeros(grid, dtype=np.uint8), None
     extents = extents_for(labels, confidence, min_voxels(cfg, grid))
     return study_rows(uid, extents, meta, grid)

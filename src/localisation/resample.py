@@ -1,10 +1,11 @@
-"""Moving between the study cache grid and the localiser's fixed grid (``cfg.localizer.shape``).
+"""Moving between a study's own slices and the localiser's fixed grid (``cfg.localizer.shape``).
 
 Called by the localiser dataset (volumes and masks down to the model grid, once per study) and by the
-predictor (class probabilities back up to the cache grid, where extents and Dice are measured). Down:
-HU by area averaging / trilinear (src.tasks.volume.resample_volume, shared with the 3D CNN), masks by
-nearest neighbour. Up: probabilities linearly along the slices, then bilinearly in-plane, a chunk of
-slices at a time so that a 600-slice study at 512 px never holds all eight classes at full size.
+predictor and the task (class probabilities back up to every original slice, where slice ranges are
+measured). Down: HU by area averaging / trilinear (src.tasks.volume.resample_volume, shared with the
+3D CNN), masks by nearest neighbour. Up: probabilities linearly along the slices, then bilinearly
+in-plane to any size, a chunk of slices at a time so that a 600-slice study never holds all eight
+classes at full size.
 """
 from __future__ import annotations
 
@@ -41,26 +42,25 @@ def model_input(hu_resampled: np.ndarray, windows) -> torch.Tensor:
 
 def probs_to_labels(probs: torch.Tensor | np.ndarray, out_shape, chunk: int = 16) -> tuple[np.ndarray, dict[str, float]]:
     """Class probabilities (8, D, h, w) on the model grid -> argmax labels (S, H, W) uint8 on ``out_shape``
-    and each vertebra's mean probability over the voxels it won (its confidence; 0 if it won none)."""
+    and each vertebra's confidence: its mean probability over the model-grid voxels it wins (0 if none)."""
     probs = torch.as_tensor(probs, dtype=torch.float32)
     n_out, rows, cols = (int(s) for s in out_shape)
     depth = probs.shape[1]
+    by_slice = probs.permute(1, 0, 2, 3).contiguous()  # (D, 8, h, w): a slice's classes lie together
     # source position of each output slice centre, as align_corners=False interpolation places it
     src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * depth / n_out - 0.5).clamp(0, depth - 1)
     lower = src.floor().long()
     upper = (lower + 1).clamp(max=depth - 1)
-    frac = (src - lower).float()
+    frac = (src - lower).float().view(-1, 1, 1, 1)
     labels = np.empty((n_out, rows, cols), dtype=np.uint8)
-    won_prob = torch.zeros(N_CLASSES, dtype=torch.float64)
-    won_count = torch.zeros(N_CLASSES, dtype=torch.float64)
     for start in range(0, n_out, chunk):
         idx = slice(start, min(start + chunk, n_out))
-        t = frac[idx].view(1, -1, 1, 1)
-        part = probs[:, lower[idx]] * (1 - t) + probs[:, upper[idx]] * t  # (8, c, h, w)
-        part = F.interpolate(part.permute(1, 0, 2, 3), size=(rows, cols), mode="bilinear", align_corners=False)
-        best_prob, best = part.max(dim=1)  # (c, H, W)
-        labels[idx] = best.to(torch.uint8).numpy()
-        won_prob += torch.bincount(best.flatten(), weights=best_prob.flatten().double(), minlength=N_CLASSES)
-        won_count += torch.bincount(best.flatten(), minlength=N_CLASSES).double()
-    mean_prob = (won_prob / won_count.clamp(min=1)).tolist()
+        part = torch.lerp(by_slice[lower[idx]], by_slice[upper[idx]], frac[idx])  # (c, 8, h, w)
+        part = F.interpolate(part, size=(rows, cols), mode="bilinear", align_corners=False)
+        labels[idx] = part.argmax(dim=1).to(torch.uint8).numpy()
+    # confidence on the model grid: the same answer as on the fine grid, at a fraction of the cost
+    best_prob, best = probs.max(dim=0)
+    won_prob = torch.bincount(best.flatten(), weights=best_prob.flatten().double(), minlength=N_CLASSES)
+    won_count = torch.bincount(best.flatten(), minlength=N_CLASSES).double().clamp(min=1)
+    mean_prob = (won_prob / won_count).tolist()
     return labels, {name: float(mean_prob[k]) for k, name in enumerate(VERTEBRAE, start=1)}

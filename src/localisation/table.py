@@ -11,8 +11,9 @@ read by the per-vertebra classifier and by inference. Columns (shared/SPEC.md):
 - ``confidence``: mean softmax probability of the vertebra over its voxels (0 for estimates)
 - ``estimated``: True when the model found too little and the row was inferred from neighbours
 
-Extents arrive on the cache grid (src/localisation/extents.py); the cache's in-plane size is a resize of
-the whole original slice, so boxes scale by ``original_shape / shape``.
+Extents arrive on a study grid (src/localisation/extents.py): one row per original slice in volume order,
+in-plane a resize of the whole original slice (the cache's and the model's both are), so slice indices
+map through ``meta["slice_numbers"]`` and boxes scale by ``original_shape / grid size``.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ COLUMNS = ["StudyInstanceUID", "vertebra", "slice_min", "slice_max", "x0", "y0",
 
 
 def study_rows(uid: str, extents: dict[str, Extent], meta: dict, grid_shape) -> pd.DataFrame:
-    """Seven table rows for one study from its extents on the cache grid ``grid_shape`` (S, H, W)."""
+    """Seven table rows for one study from its extents on the study grid ``grid_shape`` (S, H, W)."""
     n_slices, n_rows, n_cols = (int(s) for s in grid_shape)
     slice_numbers = np.asarray(meta["slice_numbers"])
     if len(slice_numbers) != n_slices:
@@ -46,7 +47,7 @@ def study_rows(uid: str, extents: dict[str, Extent], meta: dict, grid_shape) -> 
             "vertebra": name,
             "slice_min": int(numbers.min()),
             "slice_max": int(numbers.max()),
-            # a cache pixel i covers original pixels [i * scale, (i + 1) * scale)
+            # a grid pixel i covers original pixels [i * scale, (i + 1) * scale)
             "x0": int(math.floor(ext.col_lo * col_scale)),
             "y0": int(math.floor(ext.row_lo * row_scale)),
             "x1": int(min(math.ceil((ext.col_hi + 1) * col_scale), orig_cols)),

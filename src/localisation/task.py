@@ -5,13 +5,13 @@ held-out prediction is judged. The training loop (src/training/loop.py) drives i
 Folds: the dataset's one fold file (src/folds.py), restricted to the cached train studies that have a
 mask, so a segmented study validates the localiser of the same fold in which it validates classifiers.
 
-Judging a held-out study happens where the localisation table is made, on the cache grid (every
-original slice, in-plane at the cache's size): the model's probabilities are brought up to that grid
-(src/localisation/resample.py), then
+Judging a held-out study:
 
-- ``dice``: mean over C1..C7 of the Dice between predicted and true labels on that grid;
+- ``dice``: mean over C1..C7 of the Dice between predicted and true labels on the model grid
+  (``localizer.shape``: 64^3 on the demo, 128^3 on the real data), the mask resampled by nearest neighbour;
 - ``slice_iou``: mean over C1..C7 of the IoU between the predicted slice range (the table's, estimates
-  included) and the true one, in original slices.
+  included) and the true one, in original slices: probabilities are brought up to every original slice
+  (src/localisation/resample.py) before the extents are taken.
 
 ``oof`` is the localisation table of the held-out studies with each vertebra's Dice and IoU beside it.
 """
@@ -31,7 +31,7 @@ from ..tasks import register_task
 from .dataset import SPLIT, LocalizerDataset, prepare_resampled
 from .extents import extents_for, min_voxels
 from .metrics import dice_per_vertebra, nanmean, slice_range_iou, true_slice_ranges
-from .resample import cervical_labels, probs_to_labels
+from .resample import cervical_labels, probs_to_labels, resample_mask
 from .table import study_rows
 
 
@@ -45,15 +45,22 @@ def segmented_uids(cache_dir: Path, split: str = SPLIT) -> list[str]:
     return out
 
 
-def judge_study(probs: np.ndarray | torch.Tensor, study, cfg) -> tuple[pd.DataFrame, dict, dict, np.ndarray]:
-    """Table rows, per-vertebra Dice and slice IoU of one held-out cached study, and its predicted labels."""
-    grid = study.volume.shape
+def judge_study(probs: np.ndarray | torch.Tensor, study, cfg, model_mask: np.ndarray | None = None):
+    """Table rows, per-vertebra Dice and slice IoU of one held-out cached study, and its model-grid labels.
+
+    ``probs`` (8, D, h, w) are on the model grid, where Dice is measured (against ``model_mask``, the
+    study's mask resampled to that grid, made here if not given). Slice ranges are measured in original
+    slices: the probabilities are brought to (every original slice, h, w) first."""
+    model_grid = tuple(int(s) for s in probs.shape[1:])
+    truth = resample_mask(study.mask, model_grid) if model_mask is None else np.asarray(model_mask)
+    pred = torch.as_tensor(probs).argmax(dim=0).to(torch.uint8).numpy()
+    dice = dice_per_vertebra(pred, truth)
+    grid = (int(study.volume.shape[0]), *model_grid[1:])
     labels, confidence = probs_to_labels(probs, grid)
     extents = extents_for(labels, confidence, min_voxels(cfg, grid))
-    truth = cervical_labels(study.mask)
-    dice = dice_per_vertebra(labels, truth)
-    iou = slice_range_iou({name: ext.slice_range for name, ext in extents.items()}, true_slice_ranges(truth))
-    return study_rows(study.uid, extents, study.meta, grid), dice, iou, labels
+    iou = slice_range_iou({name: ext.slice_range for name, ext in extents.items()},
+                          true_slice_ranges(cervical_labels(study.mask)))
+    return study_rows(study.uid, extents, study.meta, grid), dice, iou, pred
 
 
 @register_task("localize")
@@ -103,19 +110,21 @@ class LocalisationTask:
         for k, uid in enumerate(val_dataset.study_uids):
             probs = torch.softmax(torch.from_numpy(outputs["logits"][k]).float(), dim=0)
             study = load_study(self.cache_dir, SPLIT, uid)
-            table, dice, iou, labels = judge_study(probs, study, self.cfg)
+            model_mask = np.load(val_dataset.mask_folder / f"{uid}.npy")
+            table, dice, iou, labels = judge_study(probs, study, self.cfg, model_mask)
             rows.append(table.assign(dice=table["vertebra"].map(dice), slice_iou=table["vertebra"].map(iou)))
             dices.append(dice)
             ious.append(iou)
             if k == 0:
-                self._figure_case = (uid, np.asarray(study.volume), cervical_labels(study.mask), labels)
+                hu = np.load(val_dataset.hu_folder / f"{uid}.npy")
+                self._figure_case = (uid, hu, model_mask, labels)
         per_dice = {v: nanmean([d[v] for d in dices]) for v in VERTEBRAE}
         per_iou = {v: nanmean([d[v] for d in ious]) for v in VERTEBRAE}
         oof = pd.concat(rows, ignore_index=True)
         metrics = {"dice": nanmean(per_dice.values()), "slice_iou": nanmean(per_iou.values()),
                    "estimated_rows": int(oof["estimated"].sum()),
                    "per_target_dice": per_dice, "per_target_slice_iou": per_iou,
-                   "dice_grid": "cache grid: every original slice, in-plane at the cached size"}
+                   "dice_grid": "x".join(str(int(n)) for n in self.cfg["localizer"]["shape"])}
         return metrics, oof
 
     def figures(self, metrics: dict, oof: pd.DataFrame, val_dataset, out_dir: Path) -> dict[str, Path]:

@@ -8,6 +8,12 @@ metrics.json, oof.csv and the figures the task draws, all from the best checkpoi
 Determinism, so that ``resume=true`` reproduces an uninterrupted run exactly: the data order of epoch e
 comes from a generator seeded with ``seed + e`` (worker seeds too), and every other random draw from the
 global RNGs, whose states last.pt keeps.
+
+Several processes (torchrun, src/training/distributed.py): DDP around the model, a DistributedSampler
+for training (its order fixed by ``seed`` and the epoch), validation dealt out in whole batches and
+gathered back in order, so oof.csv and score are exactly one process's. Rank 0 alone writes the run
+folder and the W&B run and prints; last.pt keeps every rank's RNG states, so a resumed run with the
+same number of processes continues exactly.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import torch
 from ..config import save_config
 from ..io_utils import atomic_write_csv, atomic_write_json
 from ..models.registry import get_model_class, model_family
+from . import distributed
 from .checkpoint import load_checkpoint, load_model_state, model_state, rng_state, save_checkpoint, set_rng_state
 from .schedule import build_scheduler
 from .wandb_log import WandbRun
@@ -41,11 +48,22 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(cfg) -> torch.device:
+    """cpu or cuda as configured; under torchrun each rank takes the GPU of its LOCAL_RANK."""
     if cfg["device"] == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg["device"] == "cuda" and not torch.cuda.is_available():
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        kind = cfg["device"]
+    if kind == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
-    return torch.device(cfg["device"])
+    if kind == "cuda":
+        return torch.device("cuda", distributed.current().local_rank)
+    return torch.device(kind)
+
+
+def tune_backends(device: torch.device) -> None:
+    """Let cuDNN pick the fastest convolution for the (fixed) input shapes; a no-op on CPU."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def autocast_for(cfg, device: torch.device):
@@ -71,12 +89,54 @@ def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
     return out
 
 
-def make_loader(dataset, cfg, task, train: bool, device: torch.device, generator=None):
+def make_loader(dataset, cfg, task, train: bool, device: torch.device, generator=None, sampler=None,
+                batches=None):
+    """The DataLoader of one split. ``sampler``: training under DDP (this rank's share, shuffled);
+    ``batches``: this rank's validation batches (distributed.batch_shards)."""
+    speed = {"num_workers": cfg["num_workers"], "collate_fn": task.collate, "pin_memory": device.type == "cuda"}
+    if cfg["num_workers"] > 0:
+        # Validation draws nothing at random, so its workers can live through the run; training workers
+        # that persist keep their random streams across epochs, which a resumed run cannot replay.
+        speed["persistent_workers"] = cfg["persistent_workers"] if train else True
+    if batches is not None:
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batches, **speed)
+    n_items = len(sampler) if sampler is not None else len(dataset)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=cfg["batch_size"], shuffle=train, generator=generator,
-        num_workers=cfg["num_workers"], collate_fn=task.collate, pin_memory=device.type == "cuda",
-        drop_last=train and len(dataset) > cfg["batch_size"],  # no lone last sample through batch norm
-    )
+        dataset, batch_size=cfg["batch_size"], shuffle=train and sampler is None, sampler=sampler,
+        generator=generator, drop_last=train and n_items > cfg["batch_size"],  # no lone last sample through batch norm
+        **speed)
+
+
+def validation_loader(val_set, cfg, task, device: torch.device):
+    """The validation DataLoader; under torchrun this rank's whole batches (distributed.batch_shards)."""
+    ctx = distributed.current()
+    batches = distributed.batch_shards(len(val_set), cfg["batch_size"], ctx.rank, ctx.world_size) if ctx.enabled else None
+    return make_loader(val_set, cfg, task, False, device, batches=batches)
+
+
+def place_model(model: torch.nn.Module, cfg, device: torch.device) -> torch.nn.Module:
+    """Move the model to ``device``, channels-last if configured (3D layout for models with 3D convolutions)."""
+    model.to(device)
+    if cfg["channels_last"]:
+        has_3d = any(isinstance(m, torch.nn.Conv3d) for m in model.modules())
+        model.to(memory_format=torch.channels_last_3d if has_3d else torch.channels_last)
+    return model
+
+
+def evaluate_checkpoint(cfg, task, checkpoint: Path) -> tuple[dict | None, pd.DataFrame | None]:
+    """``task``'s validation fold predicted with a checkpoint's weights and judged, as :func:`fit` judges
+    best.pt at the end. Under torchrun the prediction is shared out over the ranks and gathered; rank 0
+    gets ``(metrics, oof)``, the others ``(None, None)``."""
+    device = pick_device(cfg)
+    model = get_model_class(cfg["model"])(cfg)
+    load_model_state(model, load_checkpoint(checkpoint, map_location="cpu")["model"])
+    place_model(model, cfg, device)
+    _, val_set = task.datasets()
+    loader = validation_loader(val_set, cfg, task, device)
+    _, outputs = predict(model, loader, device, autocast_for(cfg, device), cfg["channels_last"])
+    if not distributed.current().is_main:
+        return None, None
+    return task.evaluate(outputs, val_set)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -89,23 +149,33 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 @torch.no_grad()
-def predict(model, loader, device, autocast, channels_last: bool) -> tuple[float, dict]:
-    """Mean loss over the items (NaN if the model gives none) and every batched output as one array per key."""
+def predict_batches(model, loader, device, autocast, channels_last: bool) -> list[tuple]:
+    """One ``(first_index, loss_sum, n_with_loss, outputs)`` per batch, ``first_index`` counting items
+    from the loader's start (or its batch sampler's first index): what distributed.merge_batches takes."""
     model.eval()
-    loss_sum, n_items, n_with_loss, collected = 0.0, 0, 0, {}
-    for batch in loader:
+    firsts = [b[0] for b in loader.batch_sampler] if isinstance(loader.batch_sampler, list) else None
+    done, results = 0, []
+    for k, batch in enumerate(loader):
         batch = to_device(batch, device, channels_last)
         with autocast():
             out = model(batch)
         n = len(out["logits"])
-        if "loss" in out:
-            loss_sum += float(out["loss"]) * n
-            n_with_loss += n
-        n_items += n
-        for key, value in out.items():
-            if key != "loss" and isinstance(value, torch.Tensor) and value.dim() >= 1 and len(value) == n:
-                collected.setdefault(key, []).append(value.float().cpu().numpy())
-    outputs = {key: np.concatenate(parts) for key, parts in collected.items()}
+        loss_sum, n_with_loss = (float(out["loss"]) * n, n) if "loss" in out else (0.0, 0)
+        outputs = {key: value.float().cpu().numpy() for key, value in out.items()
+                   if key != "loss" and isinstance(value, torch.Tensor) and value.dim() >= 1 and len(value) == n}
+        results.append((firsts[k] if firsts is not None else done, loss_sum, n_with_loss, outputs))
+        done += n
+    return results
+
+
+def predict(model, loader, device, autocast, channels_last: bool) -> tuple[float, dict]:
+    """Mean loss over the items (NaN if the model gives none) and every batched output as one array per key.
+
+    Under DDP ``loader`` holds this rank's share (distributed.batch_shards) and the result is gathered
+    from all ranks, in one-process order, on every rank.
+    """
+    own = predict_batches(model, loader, device, autocast, channels_last)
+    loss_sum, n_with_loss, outputs = distributed.gather_batches(own)
     return (loss_sum / n_with_loss if n_with_loss else math.nan), outputs
 
 
@@ -125,12 +195,20 @@ def history_row(epoch: int, train_loss: float, val_loss: float, metrics: dict, m
 
 
 def fit(cfg, task, run_folder: Path, dataset_kind: str = "real", announce=print) -> dict:
-    """Train ``cfg.model`` on ``task``'s fold, write the run folder, return the final (best) metrics."""
+    """Train ``cfg.model`` on ``task``'s fold, write the run folder, return the final (best) metrics.
+
+    Under torchrun every rank calls this; rank 0 writes and prints, every rank returns the same metrics.
+    """
     from tqdm import tqdm
 
+    ctx = distributed.current()
+    main = ctx.is_main
+    if not main:
+        announce = _silent
     run_folder = Path(run_folder)
     run_folder.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg)
+    tune_backends(device)
     autocast = autocast_for(cfg, device)
     seed_everything(cfg["seed"])
 
@@ -139,16 +217,21 @@ def fit(cfg, task, run_folder: Path, dataset_kind: str = "real", announce=print)
     train_set, val_set = task.datasets()
     if hasattr(model, "init_label_prior") and hasattr(task, "label_rates"):
         model.init_label_prior(task.label_rates)
-    model.to(device)
+    place_model(model, cfg, device)
     channels_last = cfg["channels_last"]
-    if channels_last:
-        has_3d = any(isinstance(m, torch.nn.Conv3d) for m in model.modules())
-        model.to(memory_format=torch.channels_last_3d if has_3d else torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["lr"])
+    if ctx.enabled:
+        # Same weights everywhere (DDP copies rank 0's anyway), then a random stream of each rank's own
+        # for dropout and augmentation, so the ranks do not draw identical masks for different studies.
+        seed_everything(cfg["seed"] + 1 + ctx.rank)
 
     data_order = torch.Generator()
-    train_loader = make_loader(train_set, cfg, task, True, device, data_order)
-    val_loader = make_loader(val_set, cfg, task, False, device)
+    train_sampler = None
+    if ctx.enabled:
+        train_sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank,
+                                                            shuffle=True, seed=cfg["seed"])
+    train_loader = make_loader(train_set, cfg, task, True, device, data_order, sampler=train_sampler)
+    val_loader = validation_loader(val_set, cfg, task, device)
     steps_per_epoch = len(train_loader)
     if cfg["max_steps_per_epoch"] > 0:
         steps_per_epoch = min(steps_per_epoch, cfg["max_steps_per_epoch"])
@@ -168,49 +251,76 @@ def fit(cfg, task, run_folder: Path, dataset_kind: str = "real", announce=print)
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_value, best_epoch = state["epoch"] + 1, state["best_value"], state["best_epoch"]
         wandb_id = state.get("wandb_id")
-        set_rng_state(state["rng"])
+        streams = distributed.rank_streams(state, ctx)
+        if streams is None:
+            announce(f"[resume] {last_path} was written by {len(state.get('rng_per_rank') or [0])} process(es), "
+                     f"this run has {ctx.world_size}: it continues, but not bit-for-bit as an uninterrupted run")
+            set_rng_state(state["rng"])
+            seed_everything(cfg["seed"] + 1 + ctx.rank + 1000 * start_epoch)
+        else:
+            set_rng_state(streams)
         if history_path.exists():
             history = [r for r in pd.read_csv(history_path).to_dict("records") if r["epoch"] < start_epoch]
         announce(f"[resume] {last_path}: epoch {state['epoch']} done, continuing at epoch {start_epoch}")
     else:
         if cfg["resume"]:
             announce(f"[resume] no {last_path} yet: starting from scratch")
-        # a fresh start must not leave an earlier run's results looking like this run's if it fails
-        for stale in ("metrics.json", "oof.csv", "history.csv"):
-            (run_folder / stale).unlink(missing_ok=True)
+        if main:
+            # a fresh start must not leave an earlier run's results looking like this run's if it fails
+            for stale in ("metrics.json", "oof.csv", "history.csv"):
+                (run_folder / stale).unlink(missing_ok=True)
     saved_epoch = start_epoch - 1 if start_epoch > 0 else None  # what last.pt holds, for the stop message
-    save_config(cfg, run_folder / "config.yaml")
+    if main:
+        save_config(cfg, run_folder / "config.yaml")
 
-    logger = WandbRun(cfg, model_family(model_cls), dataset_kind, resume_id=wandb_id, announce=announce)
-    net = torch.compile(model) if cfg["compile"] else model
-    announce(f"[train] {cfg['model']} on {device} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters), "
+    logger = WandbRun(cfg, model_family(model_cls), dataset_kind, resume_id=wandb_id, announce=announce, active=main)
+    # Validation runs the bare model: DDP's forward would broadcast buffers, a collective that ranks with
+    # fewer validation batches never reach. Compiled, each of the two compiles once.
+    train_net = model
+    if ctx.enabled:
+        train_net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+    eval_net = model
+    if cfg["compile"]:
+        train_net = torch.compile(train_net)
+        eval_net = torch.compile(model) if ctx.enabled else train_net
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    processes = f" x {ctx.world_size} processes" if ctx.enabled else ""
+    announce(f"[train] {cfg['model']} on {device.type}{processes} ({n_params:.2f} M parameters), "
              f"{len(train_set)} training / {len(val_set)} validation items, {steps_per_epoch} steps per epoch")
 
-    def checkpoint(epoch: int) -> dict:
-        return {"model": model_state(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "best_value": best_value, "best_epoch": best_epoch, "monitor": monitor,
-                "rng": rng_state(), "model_name": cfg["model"], "wandb_id": logger.id,
-                "config": _plain(cfg)}
+    def checkpoint(epoch: int, streams: list | None) -> dict:
+        content = {"model": model_state(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                   "epoch": epoch, "best_value": best_value, "best_epoch": best_epoch, "monitor": monitor,
+                   "rng": rng_state(), "model_name": cfg["model"], "wandb_id": logger.id,
+                   "config": _plain(cfg)}
+        if streams is not None:
+            content["rng_per_rank"] = streams
+        return content
 
     try:
         for epoch in range(start_epoch, cfg["epochs"]):
             started = time.time()
-            net.train()
-            data_order.manual_seed(cfg["seed"] + epoch)
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not cfg["progress"], unit="step")
+            train_net.train()
+            data_order.manual_seed(cfg["seed"] + epoch + 100_003 * ctx.rank)  # worker seeds (and order, one process)
+            if train_sampler is not None:
+                train_sampler.set_epoch(epoch)
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not (cfg["progress"] and main), unit="step")
             loss_sum, n_items, lr = 0.0, 0, optimizer.param_groups[0]["lr"]
             for step, batch in enumerate(train_loader):
                 if step >= steps_per_epoch:
                     break
                 batch = to_device(batch, device, channels_last)
                 with autocast():
-                    out = net(batch)
+                    out = train_net(batch)
                 loss = out["loss"]
-                if not torch.isfinite(loss):
-                    raise TrainingStopped(_stop_message(f"loss is {float(loss.detach())}", epoch, step, last_path, saved_epoch))
+                step_loss = distributed.mean_over_ranks(loss.detach())
+                if not torch.isfinite(step_loss):
+                    raise TrainingStopped(_stop_message(f"loss is {float(step_loss)}", epoch, step, last_path, saved_epoch))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg["grad_clip"] > 0:
+                    # DDP has averaged the gradients: the norm, and the decision, are the same on every rank
                     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
                     if not torch.isfinite(grad_norm):
                         raise TrainingStopped(_stop_message("the gradient norm is not finite", epoch, step, last_path,
@@ -219,50 +329,63 @@ def fit(cfg, task, run_folder: Path, dataset_kind: str = "real", announce=print)
                 optimizer.step()
                 scheduler.step()
                 n = len(out["logits"])
-                loss_sum += float(loss.detach()) * n
+                loss_sum += float(step_loss) * n
                 n_items += n
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / n_items:.4f}", samples_s=f"{n_items / (time.time() - started):.1f}")
+                bar.set_postfix(loss=f"{loss_sum / n_items:.4f}",
+                                samples_s=f"{n_items * ctx.world_size / (time.time() - started):.1f}")
             bar.close()
 
-            val_loss, outputs = predict(net, val_loader, device, autocast, channels_last)
-            if not all(np.isfinite(v).all() for v in outputs.values()):
+            distributed.sync_buffers(model)
+            val_loss, outputs = predict(eval_net, val_loader, device, autocast, channels_last)
+            if not all(np.isfinite(v).all() for v in outputs.values()):  # gathered: every rank stops alike
                 raise TrainingStopped(_stop_message("validation outputs are not finite", epoch, -1, last_path, saved_epoch))
-            metrics, _ = task.evaluate(outputs, val_set)
-            row = history_row(epoch, loss_sum / max(n_items, 1), val_loss, metrics, monitor, lr, time.time() - started)
-            history.append(row)
-            atomic_write_csv(history_path, pd.DataFrame(history))
-            improved = sign * metrics[monitor] < sign * best_value if best_epoch >= 0 else True
-            if improved:
-                best_value, best_epoch = metrics[monitor], epoch
-                save_checkpoint(best_path, **checkpoint(epoch))
+            streams = distributed.all_gather_object(rng_state()) if ctx.enabled else None
+            if main:
+                metrics, _ = task.evaluate(outputs, val_set)
+                row = history_row(epoch, loss_sum / max(n_items, 1), val_loss, metrics, monitor, lr, time.time() - started)
+                history.append(row)
+                atomic_write_csv(history_path, pd.DataFrame(history))
+                improved = sign * metrics[monitor] < sign * best_value if best_epoch >= 0 else True
+                if improved:
+                    best_value, best_epoch = metrics[monitor], epoch
+                    save_checkpoint(best_path, **checkpoint(epoch, streams))
             if cfg["save_every_epoch"] or epoch == cfg["epochs"] - 1:
-                save_checkpoint(last_path, **checkpoint(epoch))
+                if main:
+                    save_checkpoint(last_path, **checkpoint(epoch, streams))
                 saved_epoch = epoch
-            logger.log_epoch(row, epoch)
-            announce(f"[epoch {epoch}] train_loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
-                     f"{monitor} {metrics[monitor]:.4f}" + (f"  (prior {metrics['prior_score']:.4f})" if "prior_score" in metrics else "")
-                     + f"  {row['seconds']:.0f} s" + ("  *best" if improved else ""))
+            if main:
+                logger.log_epoch(row, epoch)
+                announce(f"[epoch {epoch}] train_loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
+                         f"{monitor} {metrics[monitor]:.4f}" + (f"  (prior {metrics['prior_score']:.4f})" if "prior_score" in metrics else "")
+                         + f"  {row['seconds']:.0f} s" + ("  *best" if improved else ""))
     except BaseException:
         logger.abort()
         raise
 
     # The run's result is the best checkpoint's, re-evaluated so that it does not depend on resumes.
+    distributed.wait()  # rank 0 has written best.pt
     state = load_checkpoint(best_path, map_location=device)
     load_model_state(model, state["model"])
-    _, outputs = predict(net, val_loader, device, autocast, channels_last)
-    metrics, oof = task.evaluate(outputs, val_set)
-    metrics = {monitor: metrics[monitor], **metrics, "best_epoch": state["epoch"], "n_val": len(val_set)}
-    files = [run_folder / "metrics.json"]
-    if oof is not None:
-        atomic_write_csv(run_folder / "oof.csv", oof)
-        files.append(run_folder / "oof.csv")
-    atomic_write_json(run_folder / "metrics.json", metrics)
-    figures = task.figures(metrics, oof, val_set, run_folder) if oof is not None else {}
-    logger.finish(metrics, figures, files, model_file=best_path if cfg["wandb"]["log_model"] else None)
-    announce(f"[done] {run_folder}: best epoch {state['epoch']}, {monitor} {metrics[monitor]:.4f}"
-             + (f" (label prior {metrics['prior_score']:.4f})" if "prior_score" in metrics else ""))
-    return metrics
+    _, outputs = predict(eval_net, val_loader, device, autocast, channels_last)
+    metrics = None
+    if main:
+        metrics, oof = task.evaluate(outputs, val_set)
+        metrics = {monitor: metrics[monitor], **metrics, "best_epoch": state["epoch"], "n_val": len(val_set)}
+        files = [run_folder / "metrics.json"]
+        if oof is not None:
+            atomic_write_csv(run_folder / "oof.csv", oof)
+            files.append(run_folder / "oof.csv")
+        atomic_write_json(run_folder / "metrics.json", metrics)
+        figures = task.figures(metrics, oof, val_set, run_folder) if oof is not None else {}
+        logger.finish(metrics, figures, files, model_file=best_path if cfg["wandb"]["log_model"] else None)
+        announce(f"[done] {run_folder}: best epoch {state['epoch']}, {monitor} {metrics[monitor]:.4f}"
+                 + (f" (label prior {metrics['prior_score']:.4f})" if "prior_score" in metrics else ""))
+    return distributed.broadcast_object(metrics)
+
+
+def _silent(*_args, **_kwargs) -> None:
+    """announce() of ranks other than 0."""
 
 
 def _stop_message(what: str, epoch: int, step: int, last_path: Path, saved_epoch: int | None) -> str:

@@ -45,11 +45,12 @@ def resolve_mode(configured: str) -> str:
 class WandbRun:
     """Thin wrapper: a no-op when disabled, so the loop never checks."""
 
-    def __init__(self, cfg, family: str, dataset_kind: str, resume_id: str | None = None, announce=print):
+    def __init__(self, cfg, family: str, dataset_kind: str, resume_id: str | None = None, announce=print,
+                 active: bool = True):
         self.run = None
         self.id = None
         mode = resolve_mode(cfg["wandb"]["mode"])
-        if mode == "disabled":
+        if mode == "disabled" or not active:  # inactive: ranks other than 0 of a torchrun job
             return
         try:
             import wandb
