@@ -93,6 +93,23 @@ def test_rank_streams_picks_this_ranks_rng_state_or_none():
     assert distributed.rank_streams({"rng": "r"}, distributed.Context(rank=0, world_size=2)) is None
 
 
+def test_main_first_builds_on_rank_0_then_each_nodes_first_rank_then_the_rest(monkeypatch):
+    """Two nodes of two ranks: where each rank runs the block relative to the two barriers, and whether it
+    runs it as a one-process job (a localiser trained there must not wait for the others)."""
+    seen = {}
+    for ctx in [distributed.Context(rank=r, world_size=4, local_rank=r % 2) for r in range(4)]:
+        events = []
+        monkeypatch.setattr(distributed, "_context", ctx)
+        monkeypatch.setattr(distributed, "wait", lambda events=events: events.append("barrier"))
+        with distributed.main_first():
+            events.append("alone" if not distributed.current().enabled else "block")
+        assert distributed.current() is ctx  # back to the job afterwards
+        seen[ctx.rank] = events
+    assert seen[0] == ["alone", "barrier", "barrier"]
+    assert seen[2] == ["barrier", "alone", "barrier"]  # first rank of the second node
+    assert seen[1] == seen[3] == ["barrier", "barrier", "block"]
+
+
 # ---- two ranks on gloo ----
 
 def task_for(args):

@@ -11,7 +11,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from src import TARGETS, VERTEBRAE
+from src import TARGETS
 from src.config import ConfigError, load_config
 from src.inference.prior import SPEC_PREVALENCE, label_prior
 from src.inference.test_csv import check_submission, read_test_csv, write_submission
@@ -89,7 +89,7 @@ def save_untrained_run(runs_dir, name, data_dir, extra=(), fold=0, seed=0):
     randomly initialised tiny model: enough to exercise inference without training."""
     from src.models.registry import build_model
 
-    cfg = load_config([f"config={name if name != 'localizer' else 'localizer'}", f"data_dir={data_dir}",
+    cfg = load_config([f"config={name}", f"data_dir={data_dir}",
                        *MODELS[name], *extra])
     torch.manual_seed(seed)
     model = build_model(cfg)
@@ -233,7 +233,7 @@ def test_missing_runs_and_bad_settings_are_clear_errors(data_dir, runs_dir, tmp_
         run_infer(data_dir, runs_dir, tmp_path / "x.csv", "members=[{run: cnn3d, folds: [3]}]")
     with pytest.raises(ConfigError, match="localizer"):
         run_infer(data_dir, runs_dir, tmp_path / "x.csv", "members=[effnet_gru]", "localizer=nolocaliser")
-    with pytest.raises(ConfigError, match="unknown config key 'member'.*infer.yaml"):
+    with pytest.raises(ConfigError, match="unknown config key 'member'.*did you mean members"):
         run_infer(data_dir, runs_dir, tmp_path / "x.csv", "member=[cnn3d]")
     with pytest.raises(ConfigError, match="weight"):
         run_infer(data_dir, runs_dir, tmp_path / "x.csv", "members=[{run: cnn3d, weight: -1}]")

@@ -21,6 +21,7 @@ COMBINE_SPACES = ("prob", "logit")
 # Probabilities are clipped this far from 0 and 1 before a logit: a member's hard 0 or 1 would
 # otherwise dominate the logit mean with an infinite vote.
 LOGIT_EPS = 1e-6
+MIN_WEIGHT = 1e-3  # fitted weights below this are set to 0 (the member is then not even loaded by infer.py)
 
 
 def _check_space(space: str) -> str:
@@ -83,6 +84,8 @@ def fit_weights(labels, member_probs, space: str = "prob") -> np.ndarray:
                       constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}],
                       options={"maxiter": 200, "ftol": 1e-10})
     best = normalise(result.x) if np.all(np.isfinite(result.x)) else start
+    # a weight the optimiser left at ~1e-9 would still cost a whole member at inference: drop it
+    best = normalise(np.where(best < MIN_WEIGHT, 0.0, best))
     # SLSQP can stop at a point no better than where it began (flat metric, failed line search)
     return best if loss(best) <= loss(start) else start
 

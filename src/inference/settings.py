@@ -41,10 +41,7 @@ def infer_defaults(path: Path = INFER_CONFIG) -> dict:
 
 def load_infer_config(argv: list[str] | None = None, path: Path = INFER_CONFIG) -> dict:
     """configs/infer.yaml with the overrides applied and checked; members normalised to dicts."""
-    try:
-        cfg = parse_overrides(argv, infer_defaults(path))
-    except ConfigError as err:  # the shared checker points at default.yaml; these keys live in infer.yaml
-        raise ConfigError(str(err).replace("configs/default.yaml", str(Path(path).name))) from None
+    cfg = parse_overrides(argv, infer_defaults(path))
     cfg["members"] = [vars(m) for m in parse_members(cfg["members"])]
     if cfg["combine"] not in ("auto", *COMBINE_SPACES):
         raise ConfigError(f"combine={cfg['combine']!r}; expected auto, {' or '.join(COMBINE_SPACES)}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -116,14 +115,22 @@ def wait() -> None:
 
 @contextlib.contextmanager
 def main_first():
-    """Rank 0 runs the block first, as a one-process job (a localiser it trains must not wait for the
-    others), then the other ranks run it and find everything built. A no-op for one process."""
+    """Run the block on rank 0 first, then on the first rank of every other node, then on the rest.
+
+    Rank 0 builds what is missing (demo data, cache, folds, localisation table) as a one-process job, so
+    a localiser it trains does not wait for the others. With the data on storage every node shares, the
+    later ranks find everything built; a node with its own disk gets it built once, by its first rank.
+    Every rank passes the same two barriers. A no-op for one process.
+    """
     global _alone
     ctx = current()
     if not ctx.enabled:
         yield
         return
+    builds = ctx.is_main or ctx.local_rank == 0  # phase 1: rank 0; phase 2: each other node's first rank
     if not ctx.is_main:
+        wait()
+    if not builds:
         wait()
         yield
         return
@@ -132,7 +139,10 @@ def main_first():
         yield
     finally:
         _alone = False
-    wait()  # not reached when rank 0 fails: torchrun then stops the waiting ranks
+    # not reached when the block fails: torchrun then stops the waiting ranks
+    wait()
+    if ctx.is_main:
+        wait()
 
 
 @contextlib.contextmanager
@@ -228,8 +238,3 @@ def rank_streams(state: dict, ctx: Context | None = None) -> dict | None:
         return per_rank[ctx.rank]
     return None
 
-
-def say(message: str) -> None:
-    """Print from rank 0 only."""
-    if current().is_main:
-        print(message, file=sys.stdout)
