@@ -190,11 +190,12 @@ def load_config(argv: Iterable[str] | None = None, default_experiment: str = DEF
     data["experiment"] = name
     on_demo = data.pop("on_demo", None) or {}
     resolved = apply_overrides(data, rest)
-    from .paths import has_labels
+    from .paths import has_labels, is_synthetic
 
     # Real-data settings (512 px crops, big encoders) would take hours on the demo's 128 px studies on a
-    # CPU; an experiment's `on_demo:` section scales it down whenever the demo dataset stands in.
-    demo = not has_labels(resolved["data_dir"])
+    # CPU; an experiment's `on_demo:` section scales it down whenever the demo dataset stands in, or
+    # data_dir itself is a synthetic dataset.
+    demo = not has_labels(resolved["data_dir"]) or is_synthetic(resolved["data_dir"])
     if demo and on_demo:
         data = _merge_checked(data, on_demo, config_dir / f"{name}.yaml (on_demo)")
         resolved = apply_overrides(data, rest)

@@ -40,6 +40,11 @@ def has_labels(data_dir: Path | str) -> bool:
     return (Path(data_dir) / "train.csv").exists()
 
 
+def is_synthetic(data_dir: Path | str) -> bool:
+    """True for a dataset written by src.synth (it leaves synth_summary.json beside train.csv)."""
+    return (Path(data_dir) / "synth_summary.json").exists()
+
+
 def resolve_data_dir(cfg: DictConfig | dict, generate: bool = True, announce=print) -> Path:
     """The configured data folder, or the demo dataset (generated if absent) when it has no train.csv."""
     data_dir = _abs(cfg["data_dir"])

@@ -89,3 +89,12 @@ def test_apply_overrides_leaves_the_defaults_alone():
 def test_real_configs_load():
     cfg = load_config([])
     assert cfg.experiment == "effnet_gru" and cfg.fold == 0
+
+
+def test_a_synthetic_data_dir_counts_as_demo(configs, tmp_path):
+    synthetic = tmp_path / "copy_of_demo"
+    synthetic.mkdir()
+    (synthetic / "train.csv").write_text("StudyInstanceUID\n")
+    (synthetic / "synth_summary.json").write_text("{}")
+    cfg = load_config(["config=small", f"data_dir={synthetic}"], config_dir=configs)
+    assert cfg.dataset_kind == "demo" and cfg.lr == 0.01

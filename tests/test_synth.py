@@ -265,7 +265,7 @@ def test_dataset_layout_trap_and_overwrite(tmp_path):
     submission = pd.read_csv(out / "sample_submission.csv")
     assert list(submission["row_id"]) == list(test["row_id"])
     labels = pd.read_csv(out / "test_labels.csv")
-    assert set(labels["StudyInstanceUID"]) == test_dirs
+    assert set(labels["StudyInstanceUID"]) == test_dirs & listed  # what a submission predicts and can be scored on
     boxes = pd.read_csv(out / "train_bounding_boxes.csv")
     assert list(boxes.columns) == ["StudyInstanceUID", "x", "y", "width", "height", "slice_number"]
     assert set(boxes["StudyInstanceUID"]) <= set(train.loc[train["patient_overall"] == 1, "StudyInstanceUID"])

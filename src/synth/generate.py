@@ -5,7 +5,7 @@ Output under ``out``::
 
     train.csv  train_bounding_boxes.csv  test.csv  sample_submission.csv
     train_images/<UID>/<n>.dcm  test_images/<UID>/<n>.dcm  segmentations/<UID>.nii
-    test_labels.csv       wide-format truth for test_images, so demo submissions can be scored
+    test_labels.csv       wide-format truth for the studies test.csv names that test_images holds (scoring)
     synth_fractures.csv   where each fracture is (study, vertebra, component, slice numbers crossed)
     synth_summary.json    what was generated, label rates, timing
 
@@ -167,8 +167,11 @@ def generate_dataset(out: Path, n_train: int, n_test: int, size: str = "demo", s
     atomic_write_csv(out / "train_bounding_boxes.csv", boxes)
     atomic_write_csv(out / "test.csv", test_frame)
     atomic_write_csv(out / "sample_submission.csv", pd.DataFrame({"row_id": test_frame["row_id"], "fractured": 0.5}))
+    # Truth for the studies a submission must predict and can be scored on: named by test.csv and
+    # present in test_images (the trap's unlisted study is never predicted, so it has no row here).
     atomic_write_csv(out / "test_labels.csv",
-                     pd.DataFrame([{"StudyInstanceUID": t["uid"], **target_row(t["fractured"])} for t in test],
+                     pd.DataFrame([{"StudyInstanceUID": t["uid"], **target_row(t["fractured"])} for t in test
+                                   if t["uid"] in set(listed)],
                                   columns=["StudyInstanceUID", *TARGETS]))
     atomic_write_csv(out / "synth_fractures.csv", fractures)
 
