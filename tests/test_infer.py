@@ -111,6 +111,8 @@ def runs_dir(tmp_path_factory, data_dir):
 
 
 def run_infer(data_dir, runs_dir, out, *extra):
+    if not any(arg.startswith("members=") for arg in extra):
+        extra = ("members=[effnet_gru,cnn3d]", *extra)  # both model families unless a test names its own
     return infer.main([f"data_dir={data_dir}", f"runs_dir={runs_dir}", f"output={out}", "progress=false",
                        "device=cpu", *extra])
 
