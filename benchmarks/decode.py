@@ -28,6 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from src.synth.dicom_writer import gdcm_to_jpeg_lossless  # noqa: E402
+
 SYNTAX_NAMES = {"explicit_le": "uncompressed", "jpeg_lossless": "JPEG Lossless", "rle": "RLE",
                 "jpeg2000_lossless": "JPEG 2000"}
 
@@ -55,27 +57,6 @@ def write_synthetic_slices(folder: Path, syntax: str, count: int, seed: int = 0)
     return write_series(folder / syntax, hu, study_uid=uid, slice_numbers=list(range(1, count + 1)),
                         z_positions=[-i * 1.0 for i in range(count)], pixel_spacing=(0.4, 0.4),
                         slice_thickness=1.0, transfer_syntaxes=syntax)
-
-
-def gdcm_jpeg_lossless(source: Path, target: Path) -> Path:
-    import gdcm
-
-    reader = gdcm.ImageReader()
-    reader.SetFileName(str(source))
-    if not reader.Read():
-        raise RuntimeError(f"GDCM cannot read {source}")
-    change = gdcm.ImageChangeTransferSyntax()
-    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
-    change.SetInput(reader.GetImage())
-    if not change.Change():
-        raise RuntimeError(f"GDCM cannot compress {source}")
-    writer = gdcm.ImageWriter()
-    writer.SetFileName(str(target))
-    writer.SetFile(reader.GetFile())
-    writer.SetImage(change.GetOutput())
-    if not writer.Write():
-        raise RuntimeError(f"GDCM cannot write {target}")
-    return target
 
 
 def bare_dicomsdl(path: Path) -> np.ndarray:
@@ -126,7 +107,7 @@ def main() -> None:
         groups: list[tuple[str, list[Path]]] = [
             ("pydicom-data 693_UNCR.dcm (CT 512x512, uncompressed)", [Path(get_testdata_file("693_UNCR.dcm"))]),
             ("693_UNCR rewritten as JPEG Lossless (python-gdcm)",
-             [gdcm_jpeg_lossless(Path(get_testdata_file("693_UNCR.dcm")), scratch / "693_jpegll.dcm")]),
+             [gdcm_to_jpeg_lossless(Path(get_testdata_file("693_UNCR.dcm")), scratch / "693_jpegll.dcm")]),
             ("pydicom-data 693_J2KR.dcm (CT 512x512, JPEG 2000)", [Path(get_testdata_file("693_J2KR.dcm"))]),
             ("pydicom-data JPEG-LL.dcm (NM 1024x256, JPEG Lossless)", [Path(get_testdata_file("JPEG-LL.dcm"))]),
         ]

@@ -31,21 +31,10 @@ def reference_hu(path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def ct_jpeg_lossless(tmp_path_factory) -> Path:
     """The pydicom-data CT slice re-encoded as JPEG Lossless Process 14 (the real data's compression)."""
-    import gdcm
+    from src.synth.dicom_writer import gdcm_to_jpeg_lossless
 
     out = tmp_path_factory.mktemp("jpegll") / "ct_jpeg_lossless.dcm"
-    reader = gdcm.ImageReader()
-    reader.SetFileName(get_testdata_file("693_UNCR.dcm"))
-    assert reader.Read()
-    change = gdcm.ImageChangeTransferSyntax()
-    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
-    change.SetInput(reader.GetImage())
-    assert change.Change()
-    writer = gdcm.ImageWriter()
-    writer.SetFileName(str(out))
-    writer.SetFile(reader.GetFile())
-    writer.SetImage(change.GetOutput())
-    assert writer.Write()
+    gdcm_to_jpeg_lossless(Path(get_testdata_file("693_UNCR.dcm")), out)
     assert pydicom.dcmread(out).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
     return out
 

@@ -135,7 +135,7 @@ def _file_meta(sop_uid: str, syntax: str) -> FileMetaDataset:
     return meta
 
 
-def _gdcm_to_jpeg_lossless(src: Path, dst: Path) -> None:
+def gdcm_to_jpeg_lossless(src: Path, dst: Path) -> Path:
     """Transcode an uncompressed file to JPEG Lossless Process 14 SV1 with GDCM (pydicom has no encoder)."""
     import gdcm
 
@@ -154,6 +154,7 @@ def _gdcm_to_jpeg_lossless(src: Path, dst: Path) -> None:
     writer.SetImage(change.GetOutput())
     if not writer.Write():
         raise RuntimeError(f"GDCM could not write {dst}")
+    return dst
 
 
 def _save(ds: Dataset, pixels: np.ndarray, syntax: str, path: Path, atomic: bool) -> None:
@@ -165,7 +166,7 @@ def _save(ds: Dataset, pixels: np.ndarray, syntax: str, path: Path, atomic: bool
             raw_tmp = tmp.with_name(tmp.name + ".raw")
             try:
                 ds.save_as(raw_tmp, enforce_file_format=True)
-                _gdcm_to_jpeg_lossless(raw_tmp, tmp)
+                gdcm_to_jpeg_lossless(raw_tmp, tmp)
             finally:
                 raw_tmp.unlink(missing_ok=True)
         return
