@@ -87,6 +87,12 @@ class WandbRun:
         for key, value in metrics.items():
             if isinstance(value, (int, float)):
                 self.run.summary[key] = value
+            elif key.startswith("per_target_") and isinstance(value, dict):
+                # the best epoch's per-target figures, under the names the history uses (val_C1_logloss ...),
+                # so the summary does not keep the last epoch's values for them
+                kind = key.removeprefix("per_target_")
+                for target, number in value.items():
+                    self.run.summary[f"val_{target}_{kind}"] = number
         artifact = wandb.Artifact(f"{self.name}-oof", type="predictions",
                                   metadata={k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         for path in files:
