@@ -13,13 +13,13 @@ from src import TARGETS, VERTEBRAE
 from src.config import load_config
 from src.data.cache import write_study
 from src.models.effnet_gru import EffNetGRU, PretrainedWeightsError, create_encoder, noisy_or_logit
-from src.tasks.vertebra import (VertebraDataset, crop_padded, neighbour_indices, patient_alternatives,
+from src.tasks.vertebra import (VertebraDataset, VertebraSampleDataset, crop_padded, neighbour_indices, patient_alternatives,
                                 sample_positions, slice_range_indices, square_box)
 
 from fake_training_data import install_folds, make_tiny_dataset, overrides
 
 TINY = ["effnet_gru.encoder=test_efficientnet", "effnet_gru.n_slices=3", "effnet_gru.neighbours=1",
-        "effnet_gru.crop_size=32", "effnet_gru.gru_hidden=8", "pretrained=false"]
+        "effnet_gru.crop_size=32", "effnet_gru.gru_hidden=8", "pretrained=false", "effnet_gru.train_unit=study"]
 SETTINGS = {"n_slices": 4, "neighbours": 1, "neighbour_step": 1, "crop_size": 24, "margin": 0.0, "augment": 0.0}
 
 
@@ -86,6 +86,37 @@ def test_a_study_missing_from_the_table_still_gets_an_item(tmp_path):
     assert tuple(item["images"].shape) == (7, 4, 3, 24, 24) and torch.isfinite(item["images"]).all()
     # the fallback spreads the vertebrae down the study, head first: C1 sees earlier (darker) slices than C7
     assert item["images"][0, :, 1].mean() < item["images"][6, :, 1].mean()
+
+
+def test_vertebra_items_show_every_fracture_and_reweight_the_intact(tmp_path):
+    uids = [_study(tmp_path / "0", range(1, 21))]
+    rows = [{"StudyInstanceUID": uids[0], "vertebra": v, "slice_min": 3, "slice_max": 8, "x0": 40, "y0": 20,
+             "x1": 60, "y1": 40} for v in VERTEBRAE]
+    labels = np.zeros((1, 8), dtype=np.float32)
+    labels[0, [0, 2, 6]] = 1  # patient, C2 and C6 fractured: 2 positives, 5 intact vertebrae
+    studies = VertebraDataset(tmp_path / "0", uids[:1], pd.DataFrame(rows), SETTINGS, windows=[[400, 1800]], labels=labels)
+    items = VertebraSampleDataset(studies, negatives_per_positive=1.5)
+    assert len(items) == 2 + 3
+    assert items.negative_weight == pytest.approx(5 / 3)  # each intact vertebra drawn 3/5 of a time per epoch
+    first, second = items[0], items[1]
+    assert {int(first["vertebra"]), int(second["vertebra"])} == {1, 5} and float(first["vertebra_label"]) == 1.0
+    torch.manual_seed(0)
+    drawn = [items[i] for i in range(2, 5)]
+    assert all(float(d["vertebra_label"]) == 0 and int(d["vertebra"]) not in (1, 5) for d in drawn)
+    assert all(float(d["vertebra_weight"]) == pytest.approx(5 / 3) for d in drawn)
+    assert tuple(first["images"].shape) == (4, 3, 24, 24)
+
+
+def test_single_vertebra_loss_is_the_weighted_vertebra_log_loss():
+    model = EffNetGRU(load_config(TINY))
+    batch = {"images": torch.rand(3, 3, 3, 32, 32), "vertebra": torch.tensor([0, 4, 6]),
+             "vertebra_label": torch.tensor([1.0, 0.0, 0.0]), "vertebra_weight": torch.tensor([1.0, 2.0, 2.0])}
+    out = model(batch)
+    logits = out["logits"][:, 0].detach()
+    p = torch.sigmoid(logits.double())
+    # weights: fractured 2 x 1, intact 1 x 2 (sampling) each -> 2, 2, 2
+    expected = -(torch.log(p[0]) + torch.log(1 - p[1]) + torch.log(1 - p[2])) / 3
+    assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_augmentation_is_shared_by_all_slices_and_follows_torch_seed(tmp_path):

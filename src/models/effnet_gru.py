@@ -125,6 +125,11 @@ class EffNetGRU(nn.Module):
         if c["patient_head"] not in PATIENT_HEADS:
             raise _config_error(f"effnet_gru.patient_head={c['patient_head']!r}; expected one of {', '.join(PATIENT_HEADS)}")
         self.patient_head = c["patient_head"]
+        if c.get("train_unit", "study") not in ("study", "vertebra"):
+            raise _config_error(f"effnet_gru.train_unit={c['train_unit']!r}; expected study or vertebra")
+        if c.get("train_unit") == "vertebra" and self.patient_head == "learned":
+            raise _config_error("effnet_gru.patient_head=learned needs train_unit=study: single-vertebra items "
+                                "carry no patient_overall label to train that head on")
         try:
             self.encoder = create_encoder(c["encoder"], input_channels(cfg), bool(cfg["pretrained"]),
                                           cfg["pretrained_path"], float(c.get("drop_path_rate", 0.0)))
@@ -159,7 +164,22 @@ class EffNetGRU(nn.Module):
         sequence, _ = self.gru(slices.view(b * v, n, -1).float())     # GRU in fp32: bf16 recurrences drift
         return self.pool(sequence).view(b, v, -1)
 
+    def forward_vertebrae(self, batch: dict) -> dict:
+        """Single-vertebra items (``train_unit: vertebra``): images (B, N, C, H, W), vertebra (B,) in 0..6."""
+        pooled = self.embed_vertebrae(batch["images"].unsqueeze(1)).squeeze(1)            # (B, D)
+        logits = (self.vertebra_head(self.dropout(pooled)).squeeze(-1) + self.vertebra_bias[batch["vertebra"]]).float()
+        out = {"logits": logits.unsqueeze(1)}
+        if "vertebra_label" in batch:
+            label = batch["vertebra_label"].float()
+            # the competition's vertebra weights (2 fractured, 1 intact) times the sampling weight
+            weight = (1.0 + label) * batch["vertebra_weight"].float()
+            bce = nn.functional.binary_cross_entropy_with_logits(logits, label, reduction="none")
+            out["loss"] = (weight * bce).sum() / weight.sum()
+        return out
+
     def forward(self, batch: dict) -> dict:
+        if "vertebra" in batch:
+            return self.forward_vertebrae(batch)
         images = batch["images"]
         if images.ndim != 6 or images.shape[1] != N_VERTEBRAE:
             raise ValueError(f"effnet_gru expects images (B, 7, N, C, H, W), got {tuple(images.shape)}")

@@ -194,16 +194,58 @@ class VertebraDataset(torch.utils.data.Dataset):
             stack = augment_stack(stack, self.transform)
         return stack.reshape(self.n_slices, -1, self.crop_size, self.crop_size)
 
-    def __getitem__(self, index: int) -> dict:
+    def stacks(self, index: int, vertebrae=VERTEBRAE) -> np.ndarray:
+        """(len(vertebrae), N, C, S, S) for the study at ``index``."""
         uid = self.study_uids[index]
         study = load_study(self.cache_dir, self.split, uid, with_mask=False)
         plans = self.plans.get(uid, {})
-        stacks = [self.vertebra_stack(study.volume, study.meta, plans.get(v) or fallback_plan(study.meta, v))
-                  for v in VERTEBRAE]
-        item = {"images": torch.from_numpy(np.stack(stacks))}
+        return np.stack([self.vertebra_stack(study.volume, study.meta, plans.get(v) or fallback_plan(study.meta, v))
+                         for v in vertebrae])
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"images": torch.from_numpy(self.stacks(index))}
         if self.labels is not None:
-            item["labels"] = torch.from_numpy(self.labels[index])
+            item["labels"] = torch.from_numpy(self.labels[index].copy())
         return item
+
+
+class VertebraSampleDataset(torch.utils.data.Dataset):
+    """Training items of one vertebra each (``effnet_gru.train_unit: vertebra``), fractures shown more often.
+
+    Fractured vertebrae are about one in ten; a study item shows each of them once an epoch among six
+    intact neighbours. Here every fractured vertebra is one item per epoch, and ``negatives_per_positive``
+    items per fracture are intact vertebrae drawn at random (torch's generator, so resumes replay them).
+    Each intact item carries the weight n_intact / n_intact_items, so the expected loss of an epoch equals
+    the competition-weighted vertebra loss over all vertebrae: the probabilities stay calibrated, which
+    the noisy-OR patient_overall relies on. Items: {"images": (N, C, S, S), "vertebra": index 0..6,
+    "vertebra_label": 0/1, "vertebra_weight": float}.
+    """
+
+    def __init__(self, studies: VertebraDataset, negatives_per_positive: float):
+        if studies.labels is None:
+            raise ValueError("vertebra items need labels")
+        vertebra_labels = studies.labels[:, 1:] > 0.5
+        self.studies = studies
+        self.study_uids = studies.study_uids
+        self.positives = np.argwhere(vertebra_labels)
+        self.negatives = np.argwhere(~vertebra_labels)
+        wanted = int(round(len(self.positives) * negatives_per_positive)) if len(self.positives) else len(self.negatives)
+        self.n_negative_items = max(1, min(wanted, len(self.negatives))) if len(self.negatives) else 0
+        self.negative_weight = len(self.negatives) / max(self.n_negative_items, 1)
+
+    def __len__(self) -> int:
+        return len(self.positives) + self.n_negative_items
+
+    def __getitem__(self, index: int) -> dict:
+        if index < len(self.positives):
+            study, vertebra = self.positives[index]
+            label, weight = 1.0, 1.0
+        else:
+            study, vertebra = self.negatives[int(torch.randint(len(self.negatives), ()))]
+            label, weight = 0.0, self.negative_weight
+        stack = self.studies.stacks(int(study), [VERTEBRAE[int(vertebra)]])[0]
+        return {"images": torch.from_numpy(stack), "vertebra": torch.tensor(int(vertebra)),
+                "vertebra_label": torch.tensor(label), "vertebra_weight": torch.tensor(weight, dtype=torch.float32)}
 
 
 # ---- the task ----
@@ -219,9 +261,13 @@ class VertebraTask(StudyClassificationTask):
         super().__init__(cfg, data_dir, cache_dir, folds, announce)
         self.table = read_localisation(localisation_path(cfg, self.cache_dir))
 
-    def make_dataset(self, frame: pd.DataFrame, train: bool) -> VertebraDataset:
-        return VertebraDataset(self.cache_dir, frame["StudyInstanceUID"], self.table, self.cfg["effnet_gru"],
-                               self.cfg["windows"], labels=frame[TARGETS].to_numpy(np.float32), train=train)
+    def make_dataset(self, frame: pd.DataFrame, train: bool):
+        settings = self.cfg["effnet_gru"]
+        studies = VertebraDataset(self.cache_dir, frame["StudyInstanceUID"], self.table, settings,
+                                  self.cfg["windows"], labels=frame[TARGETS].to_numpy(np.float32), train=train)
+        if train and settings["train_unit"] == "vertebra":
+            return VertebraSampleDataset(studies, float(settings["negatives_per_positive"]))
+        return studies  # validation always predicts whole studies: one oof row each
 
     def evaluate(self, outputs: dict, val_dataset) -> tuple[dict, pd.DataFrame]:
         """The shared metrics, plus the score patient_overall would get from each principled combination
