@@ -122,16 +122,7 @@ def measure_train(cfg: dict, precision: str, compiled: bool, steps: int, warmup:
         optimizer.step()
         return loss
 
-    started = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    warmup_s = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    _sync(device)
-    seconds = time.perf_counter() - started
+    loss, warmup_s, seconds = _timed(step, warmup, steps, device)
     if not torch.isfinite(loss):
         raise RuntimeError(f"training loss is {float(loss)}")
     studies = cfg["batch_size"] * steps
@@ -139,6 +130,20 @@ def measure_train(cfg: dict, precision: str, compiled: bool, steps: int, warmup:
             "batch": f"{cfg['batch_size']} studies", "step_ms": round(1000 * seconds / steps, 1),
             "per_s": round(studies * N_VERTEBRAE / seconds, 2), "unit": "vertebra-samples/s",
             "first_steps_s": round(warmup_s, 1), "peak_gib": _peak_gib(device)}
+
+
+def _timed(step, warmup: int, steps: int, device):
+    """Run ``step`` ``warmup`` times, then ``steps`` timed times; (last result, warm-up s, timed s)."""
+    started = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    warmup_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(steps):
+        result = step()
+    _sync(device)
+    return result, warmup_s, time.perf_counter() - started
 
 
 def measure_infer(cfg: dict, precision: str, compiled: bool, batch_studies: int, steps: int, warmup: int, device) -> dict:
@@ -154,16 +159,7 @@ def measure_infer(cfg: dict, precision: str, compiled: bool, batch_studies: int,
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             return net(batch)["logits"]
 
-    started = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    warmup_s = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(steps):
-        logits = step()
-    _sync(device)
-    seconds = time.perf_counter() - started
+    logits, warmup_s, seconds = _timed(step, warmup, steps, device)
     if not torch.isfinite(logits).all():
         raise RuntimeError("inference logits are not finite")
     return {"what": "infer", "precision": precision, "mode": "compiled" if compiled else "eager",
