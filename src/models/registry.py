@@ -18,40 +18,15 @@ package the first time a name is unknown, so adding a model never means editing 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import warnings
 from pathlib import Path
-from typing import Callable
 
-_MODELS: dict[str, type] = {}
-_NOT_MODELS = {"registry", "losses", "__init__"}
+from ..registry import Registry
 
-
-def register_model(name: str) -> Callable[[type], type]:
-    def decorate(cls: type) -> type:
-        if name in _MODELS and _MODELS[name] is not cls:
-            raise ValueError(f"model name '{name}' is registered twice ({_MODELS[name].__module__} and {cls.__module__})")
-        _MODELS[name] = cls
-        cls.registry_name = name
-        return cls
-
-    return decorate
-
-
-def _import_all() -> dict[str, str]:
-    """Import every model module of this package so that their decorators run; return the ones that failed.
-
-    One broken model file (a missing optional library, work in progress) must not hide all the others,
-    so its error is reported with the lookup instead of raised here.
-    """
-    failed = {}
-    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if module.name not in _NOT_MODELS:
-            try:
-                importlib.import_module(f"{__package__}.{module.name}")
-            except Exception as err:  # noqa: BLE001 - reported by the caller
-                failed[module.name] = f"{type(err).__name__}: {err}"
-    return failed
+_REGISTRY = Registry("model", __package__, Path(__file__).parent, skip=("registry", "losses", "__init__"))
+_MODELS = _REGISTRY.classes
+register_model = _REGISTRY.register
+_import_all = _REGISTRY.import_all
 
 
 def model_names() -> list[str]:

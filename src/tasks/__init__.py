@@ -24,34 +24,17 @@ the localiser registers ``localize`` with its own metrics (``dice``, ``slice_iou
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from pathlib import Path
-from typing import Callable
 
-_TASKS: dict[str, type] = {}
+from ..registry import Registry
 
-
-def register_task(name: str) -> Callable[[type], type]:
-    def decorate(cls: type) -> type:
-        if name in _TASKS and _TASKS[name] is not cls:
-            raise ValueError(f"task name '{name}' is registered twice ({_TASKS[name].__module__} and {cls.__module__})")
-        _TASKS[name] = cls
-        cls.registry_name = name
-        return cls
-
-    return decorate
+_REGISTRY = Registry("task", __name__, Path(__file__).parent)
+_TASKS = _REGISTRY.classes
+register_task = _REGISTRY.register
 
 
 def get_task_class(name: str) -> type:
-    failed = {}
-    if name not in _TASKS:
-        # one broken task file must not hide the others: its error goes into the message instead
-        for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
-            try:
-                importlib.import_module(f"{__name__}.{module.name}")
-            except Exception as err:  # noqa: BLE001 - reported below
-                failed[module.name] = f"{type(err).__name__}: {err}"
+    failed = _REGISTRY.import_all() if name not in _TASKS else {}
     if name not in _TASKS:
         from ..config import ConfigError
 
