@@ -233,3 +233,76 @@ def test_localiser_trains_through_the_loop_and_writes_the_table(tmp_path):
     assert table["slice_min"].between(1, 14).all() and (table["slice_max"] >= table["slice_min"]).all()
     assert ensure_localisation(cfg, data_dir, cache_dir, announce=messages.append) == path
     assert "present" in messages[-1]
+
+
+# ---- the second look at the spine's box ----
+
+def test_boxes_find_scale_and_widen_within_the_volume():
+    from src.localisation.crop import box_shape, foreground_box, scale_box, widen_box
+
+    labels = np.zeros((20, 16, 16), dtype=np.uint8)
+    assert foreground_box(labels) is None
+    labels[5:9, 2:4, 10:16] = 3
+    box = foreground_box(labels)
+    assert box == ((5, 9), (2, 4), (10, 16))
+    assert scale_box(box, (20, 16, 16), (40, 8, 32)) == ((10, 18), (1, 2), (20, 32))
+    assert scale_box(((1, 2), (1, 2), (1, 2)), (3, 3, 3), (4, 4, 4)) == ((1, 3), (1, 3), (1, 3))  # outwards
+    wide = widen_box(box, labels.shape, 0.5)  # half the length each side, clipped at the edges
+    assert wide == ((3, 11), (1, 5), (7, 16))
+    uneven = widen_box(box, labels.shape, [[0.0, 1.0], [0.0, 0.0], [0.5, 0.0]])
+    assert uneven == ((5, 13), (2, 4), (7, 16)) and box_shape(uneven) == (8, 2, 9)
+
+
+class ThresholdLocalizer(torch.nn.Module):
+    """Stands in for a trained localiser: bone (bright in the first window) is C3, the rest background.
+    Records the shape of every volume it is shown."""
+
+    def __init__(self, shape, refine_margin):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(40.0))
+        self.input_shape, self.windows, self.refine_margin = tuple(shape), [[400, 1800]], refine_margin
+        self.seen = []
+
+    def forward(self, batch):
+        x = batch["volume"][:, :1]
+        self.seen.append(tuple(x.shape[2:]))
+        logits = torch.zeros(x.shape[0], 8, *x.shape[2:])
+        logits[:, 3] = self.scale * (x[:, 0] - 0.6)
+        return {"logits": logits}
+
+
+def test_second_look_labels_the_box_around_the_spine_more_finely():
+    from src.localisation.predict import segment_study
+
+    volume = np.full((40, 48, 48), -1000, dtype=np.int16)
+    truth = np.zeros(volume.shape, dtype=np.uint8)
+    truth[13:26, 19:30, 21:29] = 3  # one bony block, off the coarse grid's voxel edges
+    volume[truth > 0] = 1200
+    once = ThresholdLocalizer((8, 8, 8), refine_margin=0.0)
+    twice = ThresholdLocalizer((8, 8, 8), refine_margin=0.25)
+    labels_once, _ = segment_study([once], volume)
+    labels_twice, confidence = segment_study([twice], volume)
+    assert labels_once.shape == labels_twice.shape == volume.shape
+    assert once.seen == [(8, 8, 8)] and twice.seen == [(8, 8, 8), (8, 8, 8)]  # one look, then two
+    assert not labels_twice[:5].any() and not labels_twice[35:].any()  # nothing outside the box
+    dice_once = dice_per_vertebra(labels_once, truth)["C3"]
+    dice_twice = dice_per_vertebra(labels_twice, truth)["C3"]
+    assert dice_twice > dice_once + 0.1
+    assert confidence["C3"] > 0.5 and confidence["C1"] == 0.0
+
+
+def test_spine_box_training_items_zoom_in_on_all_seven_vertebrae(tmp_path):
+    from src.localisation.dataset import LocalizerDataset, prepare_resampled
+    from fake_training_data import make_tiny_dataset
+
+    tiny = make_tiny_dataset(tmp_path, n_studies=1, slices=28, size=32)
+    cache_dir, uid = tiny["cache_dir"], tiny["uids"][0]
+    hu_folder, mask_folder = prepare_resampled(cache_dir, [uid], (14, 16, 16), announce=lambda *_: None, progress=False)
+    crop = {"prob": 1.0, "margin": (0.1, 0.2), "cache_dir": cache_dir, "shape": (14, 16, 16)}
+    whole = LocalizerDataset(hu_folder, mask_folder, [uid], [[400, 1800]])[0]
+    torch.manual_seed(0)
+    boxed = LocalizerDataset(hu_folder, mask_folder, [uid], [[400, 1800]], crop=crop)[0]
+    assert boxed["volume"].shape == whole["volume"].shape == (1, 14, 16, 16)
+    assert set(np.unique(boxed["labels"].numpy())) == set(range(8))
+    # the fake spine fills a quarter of each slice's side; the box's margins are 10-20% of it
+    assert (boxed["labels"] > 0).float().mean() > 2 * (whole["labels"] > 0).float().mean()

@@ -23,8 +23,7 @@ from ..io_utils import atomic_write_csv
 from ..paths import localisation_path, run_dir
 from .extents import extents_for, min_voxels
 from .metrics import nanmean
-from .predict import load_localizers, predict_probs
-from .resample import probs_to_labels
+from .predict import load_localizers, segment_study
 from .table import study_rows
 from .task import judge_study
 
@@ -95,16 +94,15 @@ def build_table(cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, annou
         if segmented:
             k = nearest_fold(int(fold_of[uid]), models)
             in_sample += int(k != fold_of[uid])
-            probs = predict_probs([models[k]], study.volume)
-            rows, dice, iou, _ = judge_study(probs, study, cfg)
+            labels, confidence = segment_study([models[k]], study.volume)
+            rows, dice, iou = judge_study(labels, confidence, study, cfg)
             if k == fold_of[uid]:
                 dices.append(dice)
                 ious.append(iou)
         else:
-            probs = predict_probs(list(models.values()), study.volume)
-            grid = (int(study.volume.shape[0]), *probs.shape[2:])
-            labels, confidence = probs_to_labels(probs, grid)
-            rows = study_rows(uid, extents_for(labels, confidence, min_voxels(cfg, grid)), study.meta, grid)
+            labels, confidence = segment_study(list(models.values()), study.volume)
+            rows = study_rows(uid, extents_for(labels, confidence, min_voxels(cfg, labels.shape)), study.meta,
+                              labels.shape)
         parts.append(rows)
     table = pd.concat(parts, ignore_index=True)
     path = localisation_path(cfg, cache_dir)

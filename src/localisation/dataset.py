@@ -6,6 +6,10 @@ the study cache: HU in ``<cache_dir>/resampled/<D>x<H>x<W>/train_images/<uid>.np
 3D CNN uses, src/tasks/volume.py) and labels in ``.../train_images_masks/<uid>.npy`` (uint8 0..7,
 thoracic folded into background), each written atomically.
 
+With probability ``crop["prob"]`` an item is instead a box around the study's true cervical spine, with
+random margins, cut from the full-resolution cache and resampled to the model grid (src/localisation/crop.py
+says why the localiser looks twice); the spine's box is found once per study and worker.
+
 Augmentation happens on the model grid, where it is cheap: one random affine (in-plane rotation,
 scale, shift) applied to volume and labels alike, a left-right mirror, and an HU jitter. Never an
 up-down flip: the model may and should rely on the head being at slice 0.
@@ -23,7 +27,8 @@ from ..data.cache import load_study
 from ..io_utils import atomic_path
 from ..paths import check_uid
 from ..tasks.volume import ensure_resampled, resampled_dir
-from .resample import model_input, resample_mask
+from .crop import box_slices, foreground_box, random_margins, widen_box
+from .resample import cervical_labels, model_input, resample_mask, resample_volume
 
 SPLIT = "train_images"
 
@@ -75,21 +80,41 @@ def random_affine(volume: torch.Tensor, labels: torch.Tensor, scale: float, shif
 
 
 class LocalizerDataset(torch.utils.data.Dataset):
-    """One item per segmented study: {"volume": (C, D, H, W) float32, "labels": (D, H, W) uint8}."""
+    """One item per segmented study: {"volume": (C, D, H, W) float32, "labels": (D, H, W) uint8}.
 
-    def __init__(self, hu_folder: Path, mask_folder: Path, study_uids, windows, augment: dict | None = None):
+    ``crop`` (training only): {"prob", "margin": (low, high), "cache_dir", "shape"} for spine-box items."""
+
+    def __init__(self, hu_folder: Path, mask_folder: Path, study_uids, windows, augment: dict | None = None,
+                 crop: dict | None = None):
         self.hu_folder, self.mask_folder = Path(hu_folder), Path(mask_folder)
         self.study_uids = list(study_uids)
         self.windows = [list(w) for w in windows]
         self.augment = augment
+        self.crop = crop if crop and float(crop["prob"]) > 0 else None
+        self._spine_boxes: dict[str, tuple] = {}
 
     def __len__(self) -> int:
         return len(self.study_uids)
 
+    def spine_crop(self, uid: str) -> tuple[np.ndarray, torch.Tensor]:
+        """HU and labels on the model grid of a box around the study's true C1..C7, random margins."""
+        study = load_study(self.crop["cache_dir"], SPLIT, uid)
+        mask = cervical_labels(study.mask)
+        if uid not in self._spine_boxes:
+            self._spine_boxes[uid] = foreground_box(mask)
+        box = widen_box(self._spine_boxes[uid], mask.shape, random_margins(*self.crop["margin"]))
+        shape = self.crop["shape"]
+        region = box_slices(box)
+        return resample_volume(study.volume[region], shape), torch.from_numpy(resample_mask(mask[region], shape))
+
     def __getitem__(self, index: int) -> dict:
         uid = self.study_uids[index]
-        hu = np.load(self.hu_folder / f"{uid}.npy").astype(np.float32)
-        labels = torch.from_numpy(np.load(self.mask_folder / f"{uid}.npy"))
+        if self.crop and float(torch.rand(())) < float(self.crop["prob"]):
+            hu, labels = self.spine_crop(uid)
+            hu = hu.astype(np.float32)
+        else:
+            hu = np.load(self.hu_folder / f"{uid}.npy").astype(np.float32)
+            labels = torch.from_numpy(np.load(self.mask_folder / f"{uid}.npy"))
         a = self.augment
         if a:
             hu = hu * (1 + a["hu_scale"] * float(torch.randn(()))) + a["hu_shift"] * float(torch.randn(()))

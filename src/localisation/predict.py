@@ -3,7 +3,9 @@
 Called by src/localisation/build.py (every cached study of a dataset) and by inference (a test study
 read straight from DICOM): ``load_localizers`` once, then ``localise_volume`` per study. Several models
 (the fold models) are averaged in probability; each model is fed the study exactly as it was trained
-(its own ``localizer.shape`` and ``windows``, read from its checkpoint).
+(its own ``localizer.shape``, ``windows`` and ``refine_margin``, read from its checkpoint). With a
+refine margin the models look twice: at the whole study, then at the box around the spine they found
+(src/localisation/crop.py); the labels come back on the study's own grid either way.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
+from .crop import box_shape, box_slices, foreground_box, scale_box, widen_box
 from .extents import extents_for, min_voxels
 from .resample import model_input, probs_to_labels, resample_volume
 from .table import study_rows
@@ -32,11 +35,20 @@ def load_localizers(checkpoints, device: str | torch.device = "cpu") -> list[tor
         cfg = OmegaConf.create(state["config"])
         model = get_model_class(state["model_name"])(cfg)
         load_model_state(model, state["model"])
-        model.input_shape = tuple(int(s) for s in cfg["localizer"]["shape"])
-        model.windows = [list(w) for w in cfg["windows"]]
+        describe_for_prediction(model, cfg)
         model.source = str(path)
         models.append(model.to(device).eval())
     return models
+
+
+def describe_for_prediction(model: torch.nn.Module, cfg) -> torch.nn.Module:
+    """Attach what prediction needs to know about how ``model`` was trained: its grid, its windows and
+    whether it learned the second, closer look (``refine_margin``; 0 for checkpoints older than it)."""
+    c = cfg["localizer"]
+    model.input_shape = tuple(int(s) for s in c["shape"])
+    model.windows = [list(w) for w in cfg["windows"]]
+    model.refine_margin = float(c.get("refine_margin", 0.0)) if float(c.get("crop_prob", 0.0)) > 0 else 0.0
+    return model
 
 
 @torch.no_grad()
@@ -58,6 +70,28 @@ def predict_probs(models, volume: np.ndarray) -> torch.Tensor:
     return total / len(models)
 
 
+def segment_study(models, volume: np.ndarray, first_probs: torch.Tensor | None = None) -> tuple[np.ndarray, dict]:
+    """Vertebra labels (uint8, the volume's own grid: every slice, every cached pixel) and each vertebra's
+    confidence. ``first_probs``: the first look's probabilities if already computed (validation has them).
+    With a refine margin, the box around what the first look found is looked at again on the model grid,
+    and only that box can hold labels."""
+    volume = np.asarray(volume)
+    probs = predict_probs(models, volume) if first_probs is None else torch.as_tensor(first_probs)
+    margins = {float(getattr(m, "refine_margin", 0.0)) for m in models}
+    if len(margins) > 1:
+        raise ValueError(f"localisers with different refine margins {sorted(margins)} cannot be averaged")
+    margin = margins.pop() if margins else 0.0
+    found = foreground_box(probs.argmax(dim=0).numpy()) if margin > 0 else None
+    if found is None:
+        return probs_to_labels(probs, volume.shape)
+    box = widen_box(scale_box(found, probs.shape[1:], volume.shape), volume.shape, margin)
+    close_probs = predict_probs(models, volume[box_slices(box)])
+    box_labels, confidence = probs_to_labels(close_probs, box_shape(box))
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    labels[box_slices(box)] = box_labels
+    return labels, confidence
+
+
 def localise_volume(models, volume: np.ndarray, meta: dict, cfg, study_uid: str | None = None) -> pd.DataFrame:
     """The seven localisation rows of one study from its int16 HU volume (head to feet, as src.data.cache
     stores it) and meta (``slice_numbers``, ``original_shape``). With no models, or where a model finds
@@ -65,13 +99,10 @@ def localise_volume(models, volume: np.ndarray, meta: dict, cfg, study_uid: str 
     uid = study_uid or meta.get("uid")
     if uid is None:
         raise ValueError("localise_volume needs the study's UID, in meta['uid'] or study_uid=")
+    grid = tuple(int(s) for s in np.shape(volume))
     if models:
-        probs = predict_probs(models, volume)
-        # every original slice, in-plane at the model grid: slice ranges exact, boxes to a model voxel
-        grid = (int(np.shape(volume)[0]), *probs.shape[2:])
-        labels, confidence = probs_to_labels(probs, grid)
+        labels, confidence = segment_study(models, volume)
     else:
-        grid = tuple(int(s) for s in np.shape(volume))
         labels, confidence = np.zeros(grid, dtype=np.uint8), None
     extents = extents_for(labels, confidence, min_voxels(cfg, grid))
     return study_rows(uid, extents, meta, grid)

@@ -7,11 +7,14 @@ mask, so a segmented study validates the localiser of the same fold in which it 
 
 Judging a held-out study:
 
-- ``dice``: mean over C1..C7 of the Dice between predicted and true labels on the model grid
-  (``localizer.shape``: 64^3 on the demo, 128^3 on the real data), the mask resampled by nearest neighbour;
+- ``dice``: mean over C1..C7 of the Dice between predicted and true labels on the cached grid: every
+  original slice, at the cache's in-plane size (128 px on the demo, 256 on the real data), against the
+  cached mask itself. The localiser's probabilities (model grid, or the spine box's grid after the second
+  look) are brought up to that grid first (src/localisation/predict.py, ``segment_study``);
 - ``slice_iou``: mean over C1..C7 of the IoU between the predicted slice range (the table's, estimates
-  included) and the true one, in original slices: probabilities are brought up to every original slice
-  (src/localisation/resample.py) before the extents are taken.
+  included) and the true one, in original slices, from the same labels.
+
+The second look needs the model again, so the loop hands it to ``evaluate`` (``needs_model``).
 
 ``oof`` is the localisation table of the held-out studies with each vertebra's Dice and IoU beside it.
 """
@@ -31,7 +34,8 @@ from ..tasks import register_task
 from .dataset import SPLIT, LocalizerDataset, prepare_resampled
 from .extents import extents_for, min_voxels
 from .metrics import dice_per_vertebra, nanmean, slice_range_iou, true_slice_ranges
-from .resample import cervical_labels, probs_to_labels, resample_mask
+from .predict import describe_for_prediction, segment_study
+from .resample import cervical_labels
 from .table import study_rows
 
 
@@ -45,22 +49,14 @@ def segmented_uids(cache_dir: Path, split: str = SPLIT) -> list[str]:
     return out
 
 
-def judge_study(probs: np.ndarray | torch.Tensor, study, cfg, model_mask: np.ndarray | None = None):
-    """Table rows, per-vertebra Dice and slice IoU of one held-out cached study, and its model-grid labels.
-
-    ``probs`` (8, D, h, w) are on the model grid, where Dice is measured (against ``model_mask``, the
-    study's mask resampled to that grid, made here if not given). Slice ranges are measured in original
-    slices: the probabilities are brought to (every original slice, h, w) first."""
-    model_grid = tuple(int(s) for s in probs.shape[1:])
-    truth = resample_mask(study.mask, model_grid) if model_mask is None else np.asarray(model_mask)
-    pred = torch.as_tensor(probs).argmax(dim=0).to(torch.uint8).numpy()
-    dice = dice_per_vertebra(pred, truth)
-    grid = (int(study.volume.shape[0]), *model_grid[1:])
-    labels, confidence = probs_to_labels(probs, grid)
-    extents = extents_for(labels, confidence, min_voxels(cfg, grid))
-    iou = slice_range_iou({name: ext.slice_range for name, ext in extents.items()},
-                          true_slice_ranges(cervical_labels(study.mask)))
-    return study_rows(study.uid, extents, study.meta, grid), dice, iou, pred
+def judge_study(labels: np.ndarray, confidence: dict, study, cfg):
+    """Table rows, per-vertebra Dice and slice IoU of one held-out cached study, from its predicted labels
+    on the cached grid (``segment_study``)."""
+    truth = cervical_labels(study.mask)
+    dice = dice_per_vertebra(labels, truth)
+    extents = extents_for(labels, confidence, min_voxels(cfg, labels.shape))
+    iou = slice_range_iou({name: ext.slice_range for name, ext in extents.items()}, true_slice_ranges(truth))
+    return study_rows(study.uid, extents, study.meta, labels.shape), dice, iou
 
 
 @register_task("localize")
@@ -68,6 +64,7 @@ class LocalisationTask:
     monitor = "dice"
     mode = "max"
     collate = None
+    needs_model = True  # evaluate() looks again at each study's spine box
 
     def __init__(self, cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, announce=print):
         self.cfg = cfg
@@ -101,30 +98,36 @@ class LocalisationTask:
         augment = {"hu_scale": c["aug_hu_scale"], "hu_shift": c["aug_hu_shift"], "p_affine": c["aug_p_affine"],
                    "scale": c["aug_scale"], "shift": c["aug_shift"], "rotate": c["aug_rotate"],
                    "flip_lr": c["aug_flip_lr"]}
+        crop = {"prob": c["crop_prob"], "margin": tuple(c["crop_margin"]), "cache_dir": self.cache_dir,
+                "shape": [int(n) for n in c["shape"]]}
         windows = self.cfg["windows"]
-        return (LocalizerDataset(hu_folder, mask_folder, self.train_uids, windows, augment),
+        return (LocalizerDataset(hu_folder, mask_folder, self.train_uids, windows, augment, crop),
                 LocalizerDataset(hu_folder, mask_folder, self.val_uids, windows, None))
 
-    def evaluate(self, outputs: dict, val_dataset) -> tuple[dict, pd.DataFrame]:
+    def evaluate(self, outputs: dict, val_dataset, model: torch.nn.Module) -> tuple[dict, pd.DataFrame]:
+        was_training = model.training
+        describe_for_prediction(model.eval(), self.cfg)
         rows, dices, ious = [], [], []
-        for k, uid in enumerate(val_dataset.study_uids):
-            probs = torch.softmax(torch.from_numpy(outputs["logits"][k]).float(), dim=0)
-            study = load_study(self.cache_dir, SPLIT, uid)
-            model_mask = np.load(val_dataset.mask_folder / f"{uid}.npy")
-            table, dice, iou, labels = judge_study(probs, study, self.cfg, model_mask)
-            rows.append(table.assign(dice=table["vertebra"].map(dice), slice_iou=table["vertebra"].map(iou)))
-            dices.append(dice)
-            ious.append(iou)
-            if k == 0:
-                hu = np.load(val_dataset.hu_folder / f"{uid}.npy")
-                self._figure_case = (uid, hu, model_mask, labels)
+        try:
+            for k, uid in enumerate(val_dataset.study_uids):
+                probs = torch.softmax(torch.from_numpy(outputs["logits"][k]).float(), dim=0)
+                study = load_study(self.cache_dir, SPLIT, uid)
+                labels, confidence = segment_study([model], study.volume, first_probs=probs)
+                table, dice, iou = judge_study(labels, confidence, study, self.cfg)
+                rows.append(table.assign(dice=table["vertebra"].map(dice), slice_iou=table["vertebra"].map(iou)))
+                dices.append(dice)
+                ious.append(iou)
+                if k == 0:
+                    self._figure_case = (uid, np.asarray(study.volume), cervical_labels(study.mask), labels)
+        finally:
+            model.train(was_training)
         per_dice = {v: nanmean([d[v] for d in dices]) for v in VERTEBRAE}
         per_iou = {v: nanmean([d[v] for d in ious]) for v in VERTEBRAE}
         oof = pd.concat(rows, ignore_index=True)
         metrics = {"dice": nanmean(per_dice.values()), "slice_iou": nanmean(per_iou.values()),
                    "estimated_rows": int(oof["estimated"].sum()),
                    "per_target_dice": per_dice, "per_target_slice_iou": per_iou,
-                   "dice_grid": "x".join(str(int(n)) for n in self.cfg["localizer"]["shape"])}
+                   "dice_grid": "cached (every slice, cached in-plane size)", "refine_margin": model.refine_margin}
         return metrics, oof
 
     def figures(self, metrics: dict, oof: pd.DataFrame, val_dataset, out_dir: Path) -> dict[str, Path]:

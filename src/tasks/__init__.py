@@ -14,6 +14,8 @@ A task is a class registered with ``@register_task("name")`` in a module of this
 - ``evaluate(outputs, val_dataset) -> (metrics, oof)``: ``outputs`` maps each tensor the model returned
   with a batch dimension (``"logits"`` at least) to the numpy array of all validation items. ``metrics``
   is a JSON-able dict holding ``monitor``; ``oof`` a DataFrame written as ``oof.csv``, or None.
+  A task with ``needs_model = True`` is also given ``model=`` (the bare module, in train or eval mode,
+  which it must leave as it found it) to run again on what the outputs show (the localiser's second look).
 - ``figures(metrics, oof, val_dataset, out_dir) -> {name: png path}``: end-of-run plots (may return {}).
 - optionally ``label_rates``: the training studies' label rates, handed to a model's
   ``init_label_prior(rates)`` if it has one.

@@ -123,6 +123,13 @@ def place_model(model: torch.nn.Module, cfg, device: torch.device) -> torch.nn.M
     return model
 
 
+def judge(task, outputs: dict, val_set, model: torch.nn.Module):
+    """``task.evaluate``, handed the (bare) model when the task needs to run it again (``needs_model``)."""
+    if getattr(task, "needs_model", False):
+        return task.evaluate(outputs, val_set, model=model)
+    return task.evaluate(outputs, val_set)
+
+
 def evaluate_checkpoint(cfg, task, checkpoint: Path) -> tuple[dict | None, pd.DataFrame | None]:
     """``task``'s validation fold predicted with a checkpoint's weights and judged, as :func:`fit` judges
     best.pt at the end. Under torchrun the prediction is shared out over the ranks and gathered; rank 0
@@ -136,7 +143,7 @@ def evaluate_checkpoint(cfg, task, checkpoint: Path) -> tuple[dict | None, pd.Da
     _, outputs = predict(model, loader, device, autocast_for(cfg, device), cfg["channels_last"])
     if not distributed.current().is_main:
         return None, None
-    return task.evaluate(outputs, val_set)
+    return judge(task, outputs, val_set, model)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -342,7 +349,7 @@ def fit(cfg, task, run_folder: Path, dataset_kind: str = "real", announce=print)
                 raise TrainingStopped(_stop_message("validation outputs are not finite", epoch, -1, last_path, saved_epoch))
             streams = distributed.all_gather_object(rng_state()) if ctx.enabled else None
             if main:
-                metrics, _ = task.evaluate(outputs, val_set)
+                metrics, _ = judge(task, outputs, val_set, model)
                 row = history_row(epoch, loss_sum / max(n_items, 1), val_loss, metrics, monitor, lr, time.time() - started)
                 history.append(row)
                 atomic_write_csv(history_path, pd.DataFrame(history))
@@ -370,7 +377,7 @@ def fit(cfg, task, run_folder: Path, dataset_kind: str = "real", announce=print)
     _, outputs = predict(eval_net, val_loader, device, autocast, channels_last)
     metrics = None
     if main:
-        metrics, oof = task.evaluate(outputs, val_set)
+        metrics, oof = judge(task, outputs, val_set, model)
         metrics = {monitor: metrics[monitor], **metrics, "best_epoch": state["epoch"], "n_val": len(val_set)}
         files = [run_folder / "metrics.json"]
         if oof is not None:
