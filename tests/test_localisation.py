@@ -306,3 +306,16 @@ def test_spine_box_training_items_zoom_in_on_all_seven_vertebrae(tmp_path):
     assert set(np.unique(boxed["labels"].numpy())) == set(range(8))
     # the fake spine fills a quarter of each slice's side; the box's margins are 10-20% of it
     assert (boxed["labels"] > 0).float().mean() > 2 * (whole["labels"] > 0).float().mean()
+
+
+def test_a_spine_box_margin_that_is_not_a_range_is_a_config_error(tmp_path):
+    from src.config import ConfigError
+    from src.localisation.task import LocalisationTask
+    from fake_training_data import make_tiny_dataset
+
+    tiny = make_tiny_dataset(tmp_path, n_studies=4)
+    cfg = _tiny_localizer_cfg(tiny, **{"localizer.crop_margin": [0.3, 0.1]})
+    folds = pd.read_csv(tiny["folds_file"])
+    task = LocalisationTask(cfg, tiny["data_dir"], tiny["cache_dir"], folds, announce=lambda *_: None)
+    with pytest.raises(ConfigError, match="crop_margin"):
+        task.datasets()

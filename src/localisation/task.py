@@ -98,7 +98,13 @@ class LocalisationTask:
         augment = {"hu_scale": c["aug_hu_scale"], "hu_shift": c["aug_hu_shift"], "p_affine": c["aug_p_affine"],
                    "scale": c["aug_scale"], "shift": c["aug_shift"], "rotate": c["aug_rotate"],
                    "flip_lr": c["aug_flip_lr"]}
-        crop = {"prob": c["crop_prob"], "margin": tuple(c["crop_margin"]), "cache_dir": self.cache_dir,
+        margin = [float(m) for m in c["crop_margin"]]
+        if len(margin) != 2 or not 0 <= margin[0] <= margin[1]:
+            from ..config import ConfigError
+
+            raise ConfigError(f"localizer.crop_margin={list(c['crop_margin'])}: expected [low, high] with "
+                              f"0 <= low <= high, fractions of the spine box's length (e.g. [0.05, 0.3])")
+        crop = {"prob": c["crop_prob"], "margin": tuple(margin), "cache_dir": self.cache_dir,
                 "shape": [int(n) for n in c["shape"]]}
         windows = self.cfg["windows"]
         return (LocalizerDataset(hu_folder, mask_folder, self.train_uids, windows, augment, crop),
