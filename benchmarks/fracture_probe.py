@@ -51,10 +51,11 @@ def slice_crops(cfg, cache_dir: Path, table: pd.DataFrame, fractures: pd.DataFra
         clefts = fractures[fractures["StudyInstanceUID"] == uid]
         for vertebra, plan in studies.plans.get(uid, {}).items():
             first, last = slice_range_indices(numbers, plan[0], plan[1])
-            mine = clefts[clefts["vertebra"] == vertebra]
+            ends = clefts.loc[clefts["vertebra"] == vertebra, ["slice_min", "slice_max"]].to_numpy()
+            lows, highs = ends.min(axis=1), ends.max(axis=1)  # reversed studies number their slices downwards
             for index in range(first, last + 1, 2):
                 n = numbers[index]
-                inside = ((mine[["slice_min", "slice_max"]].min(axis=1) <= n) & (n <= mine[["slice_min", "slice_max"]].max(axis=1))).any()
+                inside = bool(((lows <= n) & (n <= highs)).any())
                 images.append(studies.vertebra_stack(study.volume, study.meta, (n, n, *plan[2:]))[0])
                 labels.append(float(inside))
                 fold.append(fold_of[uid])

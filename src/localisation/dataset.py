@@ -98,14 +98,13 @@ class LocalizerDataset(torch.utils.data.Dataset):
 
     def spine_crop(self, uid: str) -> tuple[np.ndarray, torch.Tensor]:
         """HU and labels on the model grid of a box around the study's true C1..C7, random margins."""
-        study = load_study(self.crop["cache_dir"], SPLIT, uid)
-        mask = cervical_labels(study.mask)
+        study = load_study(self.crop["cache_dir"], SPLIT, uid)  # memory-mapped: only the box is read below
         if uid not in self._spine_boxes:
-            self._spine_boxes[uid] = foreground_box(mask)
-        box = widen_box(self._spine_boxes[uid], mask.shape, random_margins(*self.crop["margin"]))
+            self._spine_boxes[uid] = foreground_box(cervical_labels(study.mask))
+        box = widen_box(self._spine_boxes[uid], study.mask.shape, random_margins(*self.crop["margin"]))
         shape = self.crop["shape"]
         region = box_slices(box)
-        return resample_volume(study.volume[region], shape), torch.from_numpy(resample_mask(mask[region], shape))
+        return resample_volume(study.volume[region], shape), torch.from_numpy(resample_mask(study.mask[region], shape))
 
     def __getitem__(self, index: int) -> dict:
         uid = self.study_uids[index]
