@@ -10,7 +10,7 @@ import math
 import pytest
 
 from fake_training_data import install_folds, make_tiny_dataset, overrides
-from src.config import experiment_names, load_config
+from src.config import CONFIG_DIR, experiment_names, load_config
 from src.models.registry import get_model_class
 from src.train import main
 
@@ -26,6 +26,29 @@ def tiny(tmp_path_factory):
 
 def test_the_experiments_are_found():
     assert "cnn3d" in EXPERIMENTS and "default" not in EXPERIMENTS and "infer" not in EXPERIMENTS
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_file_has_a_real_top_level_and_a_demo_section(name):
+    """Each file sizes the real data at its top level and the demo under on_demo: both must survive edits
+    (a lost top level once made the real-data default a 64 px demo model without any error)."""
+    import yaml
+
+    raw = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    assert raw.get("inherit") and raw.get("model"), f"configs/{name}.yaml lost its top level"
+    assert isinstance(raw.get("on_demo"), dict) and raw["on_demo"], f"configs/{name}.yaml has no on_demo section"
+
+
+def test_default_experiment_is_gpu_sized_on_real_data_and_cpu_sized_on_the_demo(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "train.csv").write_text("StudyInstanceUID\n")
+    on_real = load_config([f"data_dir={real}"])
+    on_demo = load_config([f"data_dir={tmp_path / 'none'}"])
+    assert on_real.dataset_kind == "real" and on_demo.dataset_kind == "demo"
+    assert on_real.effnet_gru.encoder == "tf_efficientnetv2_s" and on_real.pretrained
+    assert on_real.effnet_gru.n_slices >= 15 and on_real.effnet_gru.crop_size >= 384
+    assert on_demo.effnet_gru.crop_size < on_real.effnet_gru.crop_size and not on_demo.pretrained
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
