@@ -145,7 +145,8 @@ def test_fractured_vertebrae_have_a_cleft_and_intact_ones_do_not(fractured_pair)
     near = binary_dilation(fractured, structure=np.ones((1, 7, 7), dtype=bool))
     for label in (1, 3, 4, 6, 7):
         both = (study.labels == label) & (twin.labels == label)
-        assert (twin.hu[both].astype(int) - study.hu[both]).max() < 60, f"C{label} is intact"
+        # only blur from a neighbour's cleft (tens of HU); a cleft of its own would be hundreds darker
+        assert (twin.hu[both].astype(int) - study.hu[both]).max() < 150, f"C{label} is intact"
         np.testing.assert_array_equal(study.hu[both & ~near], twin.hu[both & ~near])
     untouched = ~(study.cleft > 0).any(axis=(1, 2)) & ~(study.labels != twin.labels).any(axis=(1, 2))
     untouched &= ~near.any(axis=(1, 2))
