@@ -54,7 +54,7 @@ def resolve_data_dir(cfg: DictConfig | dict, generate: bool = True, announce=pri
     if not has_labels(demo):
         if not generate:
             raise FileNotFoundError(f"no train.csv in {data_dir} and no demo data in {demo}; run `python -m src.synth`")
-        announce(f"[data] no train.csv in {data_dir}: generating the demo dataset in {demo} (one-off, about a minute)")
+        announce(f"[data] no train.csv in {data_dir}: generating the demo dataset in {demo} (one-off, a minute or two)")
         from .synth.generate import generate_dataset
 
         d = cfg["demo"]

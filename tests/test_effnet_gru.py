@@ -193,7 +193,8 @@ def test_pretrained_path_loads_weights_and_adapts_the_stem(tmp_path):
 
 # ---- through the loop: best.pt reproduces the validation predictions ----
 
-def test_best_checkpoint_reproduces_validation_predictions(tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_best_checkpoint_reproduces_validation_predictions(tmp_path, ema_decay):
     from src.folds import ensure_folds
     from src.tasks.vertebra import VertebraTask
     from src.training import fit
@@ -201,7 +202,7 @@ def test_best_checkpoint_reproduces_validation_predictions(tmp_path):
 
     tiny = make_tiny_dataset(tmp_path, n_studies=10, slices=14, size=16)
     install_folds(tiny)
-    cfg = load_config(overrides(tiny, batch_size=2) + TINY + ["effnet_gru.augment=1.0"])
+    cfg = load_config(overrides(tiny, batch_size=2) + TINY + ["effnet_gru.augment=1.0", f"ema_decay={ema_decay}"])
     folds = ensure_folds(cfg, tiny["data_dir"])
     task = VertebraTask(cfg, tiny["data_dir"], tiny["cache_dir"], folds)
     run = tmp_path / "run"
@@ -209,8 +210,12 @@ def test_best_checkpoint_reproduces_validation_predictions(tmp_path):
     oof = pd.read_csv(run / "oof.csv", dtype={"StudyInstanceUID": str})
     assert {"score", "prior_score", "score_patient_noisy_or", "score_patient_max"} <= set(metrics)
 
+    best = load_checkpoint(run / "best.pt")
+    if ema_decay:  # the average is what was validated and is saved as "model"; the trained weights differ
+        assert best["ema_steps"] > 0
+        assert any(not torch.equal(best["model"][k], best["train_model"][k]) for k in best["model"])
     fresh = EffNetGRU(cfg)
-    fresh.load_state_dict(load_checkpoint(run / "best.pt")["model"])
+    fresh.load_state_dict(best["model"])
     fresh.eval()
     _, val_set = task.datasets()
     with torch.no_grad():

@@ -109,6 +109,52 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny, straight_
     assert list(pd.read_csv(folder / "history.csv")["epoch"]) == [0, 1]
 
 
+def test_resume_with_a_weight_average_restores_both_weights(tiny, monkeypatch):
+    args = TINY_CNN + overrides(tiny, **STRAIGHT) + ["ema_decay=0.8"]
+    main(args + [f"runs_dir={tiny['runs_dir']}_ema"])
+    straight = torch.load(run_folder({"runs_dir": tiny["runs_dir"] + "_ema"}) / "last.pt", weights_only=True)
+    real_save = loop.save_checkpoint
+
+    def save_then_die(path, **content):
+        real_save(path, **content)
+        if path.name == "last.pt":
+            raise Killed
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        main(args + [f"runs_dir={tiny['runs_dir']}_ema_resumed"])
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    main(args + [f"runs_dir={tiny['runs_dir']}_ema_resumed", "resume=true"])
+    resumed = torch.load(run_folder({"runs_dir": tiny["runs_dir"] + "_ema_resumed"}) / "last.pt", weights_only=True)
+    assert resumed["ema_steps"] == straight["ema_steps"] == 2 * STRAIGHT["max_steps_per_epoch"]
+    for part in ("model", "train_model"):
+        for key in straight[part]:
+            assert torch.equal(straight[part][key], resumed[part][key]), (part, key)
+    assert any(not torch.equal(straight["model"][k], straight["train_model"][k]) for k in straight["model"])
+
+
+def test_weight_average_follows_the_weights_with_a_ramped_decay():
+    from src.training.ema import WeightAverage
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    average = WeightAverage(net, decay=0.9)
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+        net[1].num_batches_tracked += 5
+    average.update(net)  # first step: decay min(0.9, 2/11), mostly the new weights
+    d = 2 / 11
+    expected = d * start["0.weight"] + (1 - d) * net[0].weight
+    assert torch.allclose(average.model[0].weight, expected)
+    assert int(average.model[1].num_batches_tracked) == 5  # integer buffers are copied, not averaged
+    assert not any(p.requires_grad for p in average.model.parameters())
+    for _ in range(300):
+        average.update(net)
+    assert torch.allclose(average.model[0].weight, net[0].weight, atol=1e-6)
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightAverage(net, decay=1.0)
+
+
 @register_model("nan_after_first_epoch")
 class NanAfterFirstEpoch(nn.Module):
     """Trains normally for ``epochs_ok`` epochs worth of steps, then returns a NaN loss."""

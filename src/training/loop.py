@@ -33,6 +33,7 @@ from ..io_utils import atomic_write_csv, atomic_write_json
 from ..models.registry import get_model_class, model_family
 from . import distributed
 from .checkpoint import load_checkpoint, load_model_state, model_state, rng_state, save_checkpoint, set_rng_state
+from .ema import WeightAverage
 from .schedule import build_scheduler
 from .wandb_log import WandbRun
 
@@ -227,6 +228,10 @@ def fit(cfg, task, run_folder: Path, dataset_kind: str = "real", announce=print)
     place_model(model, cfg, device)
     channels_last = cfg["channels_last"]
     optimizer = torch.optim.AdamW(param_groups(model, cfg["weight_decay"]), lr=cfg["lr"])
+    # with ema_decay > 0 the average of the weights is what is validated, saved as "model" and inferred with;
+    # the trained weights travel beside it in the checkpoints ("train_model") for resuming
+    average = WeightAverage(model, cfg["ema_decay"]) if cfg["ema_decay"] > 0 else None
+    judged = average.model if average is not None else model
     if ctx.enabled:
         # Same weights everywhere (DDP copies rank 0's anyway), then a random stream of each rank's own
         # for dropout and augmentation, so the ranks do not draw identical masks for different studies.
@@ -253,7 +258,14 @@ def fit(cfg, task, run_folder: Path, dataset_kind: str = "real", announce=print)
         if state["model_name"] != cfg["model"]:
             raise ValueError(f"{last_path} holds model '{state['model_name']}', not '{cfg['model']}'; "
                              f"set resume=false to start over")
-        load_model_state(model, state["model"])
+        load_model_state(model, state.get("train_model", state["model"]))
+        if average is not None:
+            if "ema_steps" in state:
+                average.load_state_dict({"model": state["model"], "steps": state["ema_steps"]})
+            else:
+                average = WeightAverage(model, cfg["ema_decay"])
+                judged = average.model
+                announce(f"[resume] {last_path} holds no weight average: it starts from the resumed weights")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_value, best_epoch = state["epoch"] + 1, state["best_value"], state["best_epoch"]
@@ -287,22 +299,24 @@ def fit(cfg, task, run_folder: Path, dataset_kind: str = "real", announce=print)
     if ctx.enabled:
         train_net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
-    eval_net = model
+    eval_net = judged
     if cfg["compile"]:
         train_net = torch.compile(train_net)
-        eval_net = torch.compile(model) if ctx.enabled else train_net
+        eval_net = torch.compile(judged) if ctx.enabled or average is not None else train_net
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     processes = f" x {ctx.world_size} processes" if ctx.enabled else ""
     announce(f"[train] {cfg['model']} on {device.type}{processes} ({n_params:.2f} M parameters), "
              f"{len(train_set)} training / {len(val_set)} validation items, {steps_per_epoch} steps per epoch")
 
     def checkpoint(epoch: int, streams: list | None) -> dict:
-        content = {"model": model_state(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        content = {"model": model_state(judged), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                    "epoch": epoch, "best_value": best_value, "best_epoch": best_epoch, "monitor": monitor,
                    "rng": rng_state(), "model_name": cfg["model"], "wandb_id": logger.id,
                    "config": _plain(cfg)}
         if streams is not None:
             content["rng_per_rank"] = streams
+        if average is not None:
+            content["train_model"], content["ema_steps"] = model_state(model), average.steps
         return content
 
     try:
@@ -335,6 +349,8 @@ def fit(cfg, task, run_folder: Path, dataset_kind: str = "real", announce=print)
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 scheduler.step()
+                if average is not None:
+                    average.update(model)
                 n = len(out["logits"])
                 loss_sum += float(step_loss) * n
                 n_items += n
@@ -344,12 +360,14 @@ def fit(cfg, task, run_folder: Path, dataset_kind: str = "real", announce=print)
             bar.close()
 
             distributed.sync_buffers(model)
+            if average is not None:
+                distributed.sync_buffers(average.model)
             val_loss, outputs = predict(eval_net, val_loader, device, autocast, channels_last)
             if not all(np.isfinite(v).all() for v in outputs.values()):  # gathered: every rank stops alike
                 raise TrainingStopped(_stop_message("validation outputs are not finite", epoch, -1, last_path, saved_epoch))
             streams = distributed.all_gather_object(rng_state()) if ctx.enabled else None
             if main:
-                metrics, _ = judge(task, outputs, val_set, model)
+                metrics, _ = judge(task, outputs, val_set, judged)
                 row = history_row(epoch, loss_sum / max(n_items, 1), val_loss, metrics, monitor, lr, time.time() - started)
                 history.append(row)
                 atomic_write_csv(history_path, pd.DataFrame(history))
@@ -373,11 +391,11 @@ def fit(cfg, task, run_folder: Path, dataset_kind: str = "real", announce=print)
     # The run's result is the best checkpoint's, re-evaluated so that it does not depend on resumes.
     distributed.wait()  # rank 0 has written best.pt
     state = load_checkpoint(best_path, map_location=device)
-    load_model_state(model, state["model"])
+    load_model_state(judged, state["model"])
     _, outputs = predict(eval_net, val_loader, device, autocast, channels_last)
     metrics = None
     if main:
-        metrics, oof = judge(task, outputs, val_set, model)
+        metrics, oof = judge(task, outputs, val_set, judged)
         metrics = {monitor: metrics[monitor], **metrics, "best_epoch": state["epoch"], "n_val": len(val_set)}
         files = [run_folder / "metrics.json"]
         if oof is not None:
