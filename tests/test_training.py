@@ -81,21 +81,26 @@ class Killed(Exception):
     pass
 
 
-def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny, straight_run, monkeypatch):
-    args = TINY_CNN + overrides(tiny, **STRAIGHT)
-    straight = torch.load(run_folder(tiny) / "last.pt", weights_only=True)
-
+def killed_after_first_epoch(monkeypatch, args):
+    """Run ``main(args)`` as a process that dies right after writing the first epoch's last.pt."""
     real_save = loop.save_checkpoint
 
     def save_then_die(path, **content):
         real_save(path, **content)
         if path.name == "last.pt":
-            raise Killed  # the process dies right after the first epoch's checkpoint
+            raise Killed
 
     monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
-        main(args + [f"runs_dir={tiny['runs_dir']}_resumed"])
+        main(args)
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny, straight_run, monkeypatch):
+    args = TINY_CNN + overrides(tiny, **STRAIGHT)
+    straight = torch.load(run_folder(tiny) / "last.pt", weights_only=True)
+
+    killed_after_first_epoch(monkeypatch, args + [f"runs_dir={tiny['runs_dir']}_resumed"])
     # draw some random numbers: a fresh process would start from other RNG states
     torch.rand(100), np.random.rand(100)
     main(args + [f"runs_dir={tiny['runs_dir']}_resumed", "resume=true"])
@@ -113,17 +118,7 @@ def test_resume_with_a_weight_average_restores_both_weights(tiny, monkeypatch):
     args = TINY_CNN + overrides(tiny, **STRAIGHT) + ["ema_decay=0.8"]
     main(args + [f"runs_dir={tiny['runs_dir']}_ema"])
     straight = torch.load(run_folder({"runs_dir": tiny["runs_dir"] + "_ema"}) / "last.pt", weights_only=True)
-    real_save = loop.save_checkpoint
-
-    def save_then_die(path, **content):
-        real_save(path, **content)
-        if path.name == "last.pt":
-            raise Killed
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        main(args + [f"runs_dir={tiny['runs_dir']}_ema_resumed"])
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    killed_after_first_epoch(monkeypatch, args + [f"runs_dir={tiny['runs_dir']}_ema_resumed"])
     main(args + [f"runs_dir={tiny['runs_dir']}_ema_resumed", "resume=true"])
     resumed = torch.load(run_folder({"runs_dir": tiny["runs_dir"] + "_ema_resumed"}) / "last.pt", weights_only=True)
     assert resumed["ema_steps"] == straight["ema_steps"] == 2 * STRAIGHT["max_steps_per_epoch"]

@@ -260,12 +260,9 @@ def fit(cfg, task, run_folder: Path, dataset_kind: str = "real", announce=print)
                              f"set resume=false to start over")
         load_model_state(model, state.get("train_model", state["model"]))
         if average is not None:
-            if "ema_steps" in state:
-                average.load_state_dict({"model": state["model"], "steps": state["ema_steps"]})
-            else:
-                average = WeightAverage(model, cfg["ema_decay"])
-                judged = average.model
+            if "ema_steps" not in state:
                 announce(f"[resume] {last_path} holds no weight average: it starts from the resumed weights")
+            average.load_state_dict({"model": state["model"], "steps": state.get("ema_steps", 0)})
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_value, best_epoch = state["epoch"] + 1, state["best_value"], state["best_epoch"]
