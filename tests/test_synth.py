@@ -15,7 +15,7 @@ from scipy.ndimage import binary_dilation
 
 from src import TARGETS, VERTEBRAE
 from src.synth.dicom_writer import TRANSFER_SYNTAXES, stored_values, write_series
-from src.synth.fractures import PATIENT_RATE, VERTEBRA_RATES, draw_fractured_vertebrae
+from src.synth.fractures import PATIENT_RATE, VERTEBRA_RATES, draw_fractured_vertebrae, target_row
 from src.synth.generate import generate_dataset
 from src.synth.nifti import write_segmentation
 from src.synth.study import SIZES, make_study, slice_numbering
@@ -328,3 +328,17 @@ def test_label_rates_of_a_generated_plan():
     for v in VERTEBRAE:
         assert abs(frame[v].mean() - VERTEBRA_RATES[v]) < 0.015
     assert abs(np.mean([t["segmentation"] for t in tasks]) - 0.35) < 0.01
+
+
+def test_a_fractured_atlas_ring_breaks_in_two_places_on_opposite_sides():
+    study = make_study(UID, 5, fractured=["C1"])
+    assert [f.vertebra for f in study.fractures] == ["C1", "C1"]
+    angles = []
+    for i, fracture in enumerate(study.fractures):
+        assert fracture.component == "ring"
+        assert (study.cleft == i + 1).sum() >= 10, "each break must cut some of the ring"
+        u, v, _ = fracture.centre
+        angles.append(np.arctan2(u, v + 4.5))  # round the ring's centre
+    apart = abs((angles[0] - angles[1] + np.pi) % (2 * np.pi) - np.pi)
+    assert apart > np.pi - 0.75, "the two breaks sit on roughly opposite sides of the ring"
+    assert target_row(study.fractured)["C1"] == 1 and sum(target_row(study.fractured).values()) == 2

@@ -10,7 +10,9 @@ conditional rates come out right.
 A fracture is a thin plane of low density through the body or the arch of one vertebra, limited
 to a disc of radius ``radius`` around a point, with the fragment on one side shifted a little. The
 plane is steep (at most ~40 degrees from vertical, except at the dens) so it crosses several axial
-slices and shows on each as a dark line through the bone.
+slices and shows on each as a dark line through the bone. A fractured atlas (C1) breaks like a
+Jefferson fracture, in two places on roughly opposite sides of its ring: a single break of a ring
+that thin and that short (a few slices) is too small a sign to learn from the demo's few dozen cases.
 """
 from __future__ import annotations
 
@@ -108,10 +110,22 @@ def _steep_normal(rng: np.random.Generator, in_plane: tuple[float, float], max_t
     return _unit(in_plane[0] * np.cos(tilt), in_plane[1] * np.cos(tilt), np.sin(tilt))
 
 
-def plan_fracture(rng: np.random.Generator, part: Part, pixel_mm: float, scale: float) -> Fracture:
+def plan_fractures(rng: np.random.Generator, part: Part, pixel_mm: float, scale: float) -> list[Fracture]:
+    """The clefts of one fractured vertebra: two across the atlas ring on roughly opposite sides, one elsewhere."""
+    if part.name != "C1":
+        return [plan_cleft(rng, part, pixel_mm, scale)]
+    psi = rng.uniform(0.0, 2 * np.pi)
+    opposite = psi + np.pi + rng.uniform(-0.7, 0.7)
+    return [plan_cleft(rng, part, pixel_mm, scale, ring_angle=psi),
+            plan_cleft(rng, part, pixel_mm, scale, ring_angle=opposite)]
+
+
+def plan_cleft(rng: np.random.Generator, part: Part, pixel_mm: float, scale: float,
+               ring_angle: float | None = None) -> Fracture:
     """Place one cleft in ``part`` (a vertebra): where, how wide, how visible, how displaced.
 
-    ``pixel_mm`` keeps the cleft 3-4 pixels wide and the fragment 2-3 pixels out of line at any image size.
+    ``pixel_mm`` keeps the cleft 3-4 pixels wide and the fragment 2-3 pixels out of line at any image size;
+    ``ring_angle`` (radians round the atlas ring, 0 = its back) places a C1 cleft, drawn at random if None.
     """
     name = part.name
     crx, cry = part.canal
@@ -139,7 +153,7 @@ def plan_fracture(rng: np.random.Generator, part: Part, pixel_mm: float, scale: 
     else:  # a point on the ring round the canal, cut across
         if component == "ring":
             ring_cv, ring_r = -4.5, (17.75, 16.75)
-            psi = rng.uniform(0.0, 2 * np.pi)
+            psi = rng.uniform(0.0, 2 * np.pi) if ring_angle is None else ring_angle
             a_mid = rng.uniform(3.5, 7.0)
         else:
             ring_cv, ring_r = 0.0, (crx + th / 2, cry + th / 2)

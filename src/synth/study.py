@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import VERTEBRAE
 from .anatomy import OUTLINE, Anatomy, StudyGeometry, Tissue, render
-from .fractures import Fracture, draw_fractured_vertebrae, plan_fracture, target_row
+from .fractures import Fracture, draw_fractured_vertebrae, plan_fractures, target_row
 
 SIZES = {
     # matrix (rows = cols), slice count range, slice spacings (mm) to choose from, field of view (mm)
@@ -168,7 +168,7 @@ def make_study(study_uid: str, seed: int, *, size: str = "demo", fractured: Sequ
     unknown = [v for v in chosen if v not in VERTEBRAE]
     if unknown:
         raise ValueError(f"fractured vertebrae must be among {VERTEBRAE}, got {unknown}")
-    plans = [plan_fracture(frac_rng, anatomy.vertebra(v), pixel, scale) for v in chosen]
+    plans = [cleft for v in chosen for cleft in plan_fractures(frac_rng, anatomy.vertebra(v), pixel, scale)]
     hu, labels, cleft = render(geom, tissue, anatomy, plans if with_fractures else [], noise_rng)
     return SynthStudy(study_uid=study_uid, hu=hu, labels=labels, cleft=cleft, z_positions=z, slice_numbers=numbers,
                       pixel_spacing=(pixel, pixel), slice_thickness=float(spacing), origin_xy=origin,
