@@ -12,7 +12,8 @@ every vertebra exactly as the classifier does (src/tasks/vertebra.py: the locali
 box, ``neighbours`` as channels, ``crop_size``), trains ``--encoder`` on the training folds' slices
 (every fractured slice and three times as many intact ones an epoch, left-right flips), and prints, per
 epoch, the held-out fold's slice AUC and vertebra AUC (a vertebra's score is its highest slice's), then
-the vertebra AUC of each kind of cleft (body, arch, ring, dens) against all intact vertebrae.
+the vertebra AUC of each kind of cleft (body, arch, ring, dens) against all intact vertebrae and against
+the intact vertebrae of the same levels (a ring cleft against intact C1s).
 
 If even this probe stays near 0.5 for a kind of cleft, no classifier can learn that kind on this data at
 this crop size: the fix belongs in the synthetic data (src/synth/fractures.py) or the crop settings.
@@ -139,9 +140,12 @@ def main() -> None:
         fractured = [k for k in vertebra_truth.index[vertebra_truth == 1] if kinds.get(k) == kind]
         if not fractured:
             continue
-        chosen = list(fractured) + list(intact)
-        auc = roc_auc_score(vertebra_truth.loc[chosen], vertebra_scores.loc[chosen])
-        print(f"{kind:5s} clefts: {len(fractured):3d} held-out vertebrae, vertebra AUC {auc:.3f}")
+        levels = {k.rsplit("_", 1)[1] for k in fractured}
+        same_level = [k for k in intact if k.rsplit("_", 1)[1] in levels]
+        aucs = [roc_auc_score(vertebra_truth.loc[chosen], vertebra_scores.loc[chosen])
+                for chosen in (list(fractured) + list(intact), list(fractured) + same_level)]
+        print(f"{kind:5s} clefts: {len(fractured):3d} held-out vertebrae, vertebra AUC {aucs[0]:.3f} against every "
+              f"intact vertebra, {aucs[1]:.3f} against the {len(same_level)} intact {'/'.join(sorted(levels))}")
 
 
 if __name__ == "__main__":
