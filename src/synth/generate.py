@@ -6,7 +6,7 @@ Output under ``out``::
     train.csv  train_bounding_boxes.csv  test.csv  sample_submission.csv
     train_images/<UID>/<n>.dcm  test_images/<UID>/<n>.dcm  segmentations/<UID>.nii
     test_labels.csv       wide-format truth for the studies test.csv names that test_images holds (scoring)
-    synth_fractures.csv   where each fracture is (study, vertebra, component, slice numbers crossed)
+    synth_fractures.csv   one row per cleft (a broken C1 has two): study, vertebra, component, slices crossed
     synth_summary.json    what was generated, label rates, timing
 
 Dataset-level choices (UIDs, labels, which studies get masks or boxes, each study's seed) come
