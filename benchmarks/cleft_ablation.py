@@ -1,0 +1,118 @@
+"""Does the trained classifier look at the fractures? Held-out fractured demo studies with and without their clefts.
+
+    python benchmarks/cleft_ablation.py                      # the effnet_gru run of fold 0 on the demo
+    python benchmarks/cleft_ablation.py -- fold=1            # key=value config overrides after --
+
+Only synthetic data can answer this: every demo study can be rendered again from its seed with its
+clefts left out (src.synth.study.make_study(with_fractures=False); nothing else in the study changes). For
+each fractured study of the held-out fold this renders both versions, checks that the fractured one is
+exactly the volume in the cache (so both go through the very crops the classifier saw in validation),
+predicts both with the run's ``best.pt`` and prints, per fractured vertebra, the probability with and
+without its cleft, then the means per level. A classifier that reads the clefts drops to near its intact
+predictions without them; one that learned a shortcut (the box, the slice range, some other study trait)
+keeps its probability. Needs the demo data, the cache, the localisation table and a trained run
+(``bash train.sh fold=0`` builds them all); about a minute on a CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def cached_order(rendered: np.ndarray, z_positions: np.ndarray, cached: np.ndarray) -> np.ndarray | None:
+    """Slice indices that turn the rendered volume into the cached one (which is sorted by position), or
+    None if no ordering matches voxel for voxel."""
+    by_z = np.argsort(z_positions)
+    for order in (np.arange(len(z_positions)), by_z, by_z[::-1]):
+        if rendered.shape == cached.shape and np.array_equal(rendered[order].astype(cached.dtype), cached):
+            return order
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides (after --)")
+    args = parser.parse_args()
+
+    from tqdm import tqdm
+
+    from src import VERTEBRAE
+    from src.config import load_config
+    from src.data.cache import load_study
+    from src.folds import ensure_folds
+    from src.models.registry import build_model
+    from src.paths import is_synthetic, localisation_path, resolve_cache_dir, resolve_data_dir, run_dir
+    from src.synth.generate import plan_dataset
+    from src.synth.study import make_study
+    from src.tasks.vertebra import VertebraDataset, read_localisation
+    from src.training.checkpoint import load_checkpoint, load_model_state
+
+    cfg = load_config(["config=effnet_gru", *args.overrides])
+    data_dir = resolve_data_dir(cfg, generate=False)
+    if not is_synthetic(data_dir):
+        sys.exit(f"{data_dir} is not a synthetic dataset: only demo studies can be rendered without their clefts")
+    cache_dir = resolve_cache_dir(cfg, data_dir)
+    checkpoint = run_dir(cfg) / "best.pt"
+    if not checkpoint.exists():
+        sys.exit(f"no {checkpoint}; train it first (bash train.sh fold={cfg['fold']})")
+    demo = cfg["demo"]
+    tasks, _ = plan_dataset(demo["n_train"], demo["n_test"], demo["size"], demo["seed"], demo["seg_fraction"], False)
+    train = pd.read_csv(data_dir / "train.csv").set_index("StudyInstanceUID")
+    if not all(t["uid"] in train.index for t in tasks if t["split"] == "train_images"):
+        sys.exit(f"the demo settings in the config do not describe {data_dir} (another n_train, seed or seg_fraction?)")
+    folds = ensure_folds(cfg, data_dir)
+    held_out = set(folds.loc[folds["fold"] == cfg["fold"], "StudyInstanceUID"])
+    chosen = [t for t in tasks if t["uid"] in held_out and t["fractured"]]
+
+    dataset = VertebraDataset(cache_dir, [t["uid"] for t in chosen], read_localisation(localisation_path(cfg, cache_dir)),
+                              cfg["effnet_gru"], cfg["windows"])
+    model = build_model(cfg)
+    load_model_state(model, load_checkpoint(checkpoint)["model"])
+    model.eval()
+
+    rows, skipped = [], []
+    for task in tqdm(chosen, desc="render and predict", unit="study"):
+        uid = task["uid"]
+        study = make_study(uid, task["seed"], size=task["size"], fractured=task["fractured"])
+        intact = make_study(uid, task["seed"], size=task["size"], fractured=task["fractured"], with_fractures=False)
+        cached = load_study(cache_dir, "train_images", uid, with_mask=False)
+        volume = np.asarray(cached.volume)
+        order = cached_order(study.hu, study.z_positions, volume)
+        if order is None:
+            skipped.append(uid)
+            continue
+        probs = {}
+        for name, vol in (("with", volume), ("without", intact.hu[order].astype(volume.dtype))):
+            plans = dataset.plans[uid]
+            images = np.stack([dataset.vertebra_stack(vol, cached.meta, plans[v]) for v in VERTEBRAE])
+            with torch.no_grad():
+                probs[name] = torch.sigmoid(model({"images": torch.from_numpy(images)[None]})["logits"][0]).numpy()
+        for k, vertebra in enumerate(VERTEBRAE):
+            if vertebra in task["fractured"]:
+                rows.append({"study": uid, "vertebra": vertebra, "with_cleft": probs["with"][k + 1],
+                             "without_cleft": probs["without"][k + 1]})
+    if skipped:
+        print(f"{len(skipped)} studies skipped: the cache is not the rendered study (e.g. {skipped[0]}); "
+              "was the demo regenerated with other settings?")
+    if not rows:
+        sys.exit("no held-out fractured vertebra to compare")
+    frame = pd.DataFrame(rows)
+    pd.set_option("display.width", 160)
+    print(frame.round(3).to_string(index=False))
+    summary = frame.groupby("vertebra")[["with_cleft", "without_cleft"]].agg(["mean", "count"]).round(3)
+    print(f"\n{run_dir(cfg)}: mean probability of each fractured level, held-out fold {cfg['fold']}")
+    print(summary.to_string())
+    print(f"all: {frame['with_cleft'].mean():.3f} with the clefts, {frame['without_cleft'].mean():.3f} without "
+          f"({len(frame)} vertebrae in {frame['study'].nunique()} studies)")
+
+
+if __name__ == "__main__":
+    main()
