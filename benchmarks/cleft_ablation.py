@@ -44,22 +44,19 @@ def main() -> None:
 
     from tqdm import tqdm
 
+    from demo_inputs import synthetic_inputs
     from src import VERTEBRAE
-    from src.config import load_config
     from src.data.cache import load_study
     from src.folds import ensure_folds
     from src.models.registry import build_model
-    from src.paths import is_synthetic, localisation_path, resolve_cache_dir, resolve_data_dir, run_dir
+    from src.paths import run_dir
     from src.synth.generate import plan_dataset
     from src.synth.study import make_study
-    from src.tasks.vertebra import VertebraDataset, read_localisation
+    from src.tasks.vertebra import VertebraDataset
     from src.training.checkpoint import load_checkpoint, load_model_state
 
-    cfg = load_config(["config=effnet_gru", *args.overrides])
-    data_dir = resolve_data_dir(cfg, generate=False)
-    if not is_synthetic(data_dir):
-        sys.exit(f"{data_dir} is not a synthetic dataset: only demo studies can be rendered without their clefts")
-    cache_dir = resolve_cache_dir(cfg, data_dir)
+    cfg, data_dir, cache_dir, table = synthetic_inputs(
+        args.overrides, "only demo studies can be rendered without their clefts")
     checkpoint = run_dir(cfg) / "best.pt"
     if not checkpoint.exists():
         sys.exit(f"no {checkpoint}; train it first (bash train.sh fold={cfg['fold']})")
@@ -72,8 +69,7 @@ def main() -> None:
     held_out = set(folds.loc[folds["fold"] == cfg["fold"], "StudyInstanceUID"])
     chosen = [t for t in tasks if t["uid"] in held_out and t["fractured"]]
 
-    dataset = VertebraDataset(cache_dir, [t["uid"] for t in chosen], read_localisation(localisation_path(cfg, cache_dir)),
-                              cfg["effnet_gru"], cfg["windows"])
+    dataset = VertebraDataset(cache_dir, [t["uid"] for t in chosen], table, cfg["effnet_gru"], cfg["windows"])
     model = build_model(cfg)
     load_model_state(model, load_checkpoint(checkpoint)["model"])
     model.eval()

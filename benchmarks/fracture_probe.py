@@ -77,19 +77,10 @@ def main() -> None:
     import timm
     from sklearn.metrics import roc_auc_score
 
-    from src.config import load_config
+    from demo_inputs import synthetic_inputs
     from src.folds import ensure_folds
-    from src.paths import is_synthetic, localisation_path, resolve_cache_dir, resolve_data_dir
-    from src.tasks.vertebra import read_localisation
 
-    cfg = load_config(["config=effnet_gru", *args.overrides])
-    data_dir = resolve_data_dir(cfg, generate=False)
-    if not is_synthetic(data_dir):
-        sys.exit(f"{data_dir} is not a synthetic dataset: the probe needs synth_fractures.csv's slice labels")
-    cache_dir = resolve_cache_dir(cfg, data_dir)
-    table_path = localisation_path(cfg, cache_dir)
-    if not table_path.exists():
-        sys.exit(f"no localisation table at {table_path}; build it with `python -m src.localize`")
+    cfg, data_dir, cache_dir, table = synthetic_inputs(args.overrides, "the probe needs synth_fractures.csv's slice labels")
     fractures = pd.read_csv(data_dir / "synth_fractures.csv")
     fractures = fractures[fractures["split"] == "train_images"]
     folds = ensure_folds(cfg, data_dir)
@@ -97,7 +88,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
 
     started = time.time()
-    images, labels, fold, key = slice_crops(cfg, cache_dir, read_localisation(table_path), fractures, folds)
+    images, labels, fold, key = slice_crops(cfg, cache_dir, table, fractures, folds)
     train, held_out = np.flatnonzero(fold != cfg["fold"]), np.flatnonzero(fold == cfg["fold"])
     positives, negatives = train[labels[train] > 0], train[labels[train] == 0]
     encoder = args.encoder or cfg["effnet_gru"]["encoder"]
