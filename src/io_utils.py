@@ -33,6 +33,20 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporaries that :func:`atomic_path` left in ``folder`` when its writer was killed.
+
+    Only safe while nobody else writes into ``folder``: callers hold its lock (src/locks.py) first.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.is_file() and p.name.startswith(".") and ".tmp" in p.name]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def atomic_write_text(target: Path, text: str) -> None:
     with atomic_path(target) as tmp:
         with open(tmp, "w") as fh:
