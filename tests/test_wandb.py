@@ -78,3 +78,47 @@ def test_a_training_run_writes_its_wandb_files_and_history(tmp_path, monkeypatch
     artifact = next(r["artifact"] for r in records if r["type"] == "artifact")
     assert artifact["name"] == "cnn3d-fold0-oof"
     assert list((runs[0] / "files" / "media" / "images").glob("*.png"))
+
+
+_OFFLINE_CHILD = """
+import sys
+from pathlib import Path
+sys.path[:0] = [sys.argv[2], sys.argv[2] + "/tests"]
+from fake_training_data import install_folds, make_tiny_dataset, overrides
+from src.train import main
+root = Path(sys.argv[1])
+tiny = make_tiny_dataset(root)
+install_folds(tiny)
+main(["config=cnn3d", "cnn3d.shape=[8,16,16]", "cnn3d.widths=[4,8]", "cnn3d.blocks=1"]
+     + overrides(tiny, epochs=1) + ["wandb.mode=auto", f"wandb.dir={root}"])
+"""
+
+
+def _outward_connects(trace: str) -> list[str]:
+    """connect() calls in an strace log to anything but a local socket or the loopback addresses."""
+    local = ("sa_family=AF_UNIX", 'inet_addr("127.', 'inet_pton(AF_INET6, "::1"', "AF_NETLINK")
+    return [line for line in trace.splitlines() if "connect(" in line and not any(mark in line for mark in local)]
+
+
+def test_a_run_without_login_or_wandb_mode_opens_no_network_connection(tmp_path):
+    """wandb's service is a separate process, so this watches every process of a tiny training with strace,
+    inside a network namespace of its own (loopback only): any connect() elsewhere is a W&B leak."""
+    import os
+    import shutil
+
+    if not (shutil.which("strace") and shutil.which("unshare") and shutil.which("ip")):
+        pytest.skip("needs strace, unshare and ip")
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a network namespace here (needs root or user namespaces)")
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    env["HOME"] = str(tmp_path / "home")  # no ~/.netrc: not logged in
+    (tmp_path / "home").mkdir()
+    trace = tmp_path / "connect.trace"
+    repo = Path(__file__).resolve().parent.parent
+    child = f"{sys.executable} -c '{_OFFLINE_CHILD}' {tmp_path} {repo}"
+    out = subprocess.run(["unshare", "-n", "sh", "-c",
+                          f"ip link set lo up && strace -f -qq -e trace=connect -o {trace} {child}"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "the run was not recorded offline"
+    assert _outward_connects(trace.read_text()) == []

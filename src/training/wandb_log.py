@@ -52,6 +52,10 @@ class WandbRun:
         mode = resolve_mode(cfg["wandb"]["mode"])
         if mode == "disabled" or not active:  # inactive: ranks other than 0 of a torchrun job
             return
+        # wandb reads WANDB_MODE from the environment when it is imported and when its service process
+        # starts; passing mode= to init() alone leaves both thinking online (a DNS look-up and telemetry
+        # connection on every run, offline or not), so the decision goes into the environment first
+        os.environ["WANDB_MODE"] = mode
         try:
             import wandb
         except ImportError:
