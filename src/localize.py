@@ -1,11 +1,13 @@
 """``python -m src.localize [config=localizer] key=value ...``: the localisation table of the dataset.
 
 Prepares the study cache and the folds if they are missing, trains the localiser folds
-``localizer.folds`` ([] = all) that have no ``runs/<experiment>/fold<k>/best.pt`` yet, then predicts
-every cached study (out-of-fold for the segmented ones) and writes the table to
-``<cache_dir>/localisation.csv`` (or ``localisation_table=``). Prints the out-of-fold Dice and slice IoU.
+``localizer.folds`` ([] = all) whose training has not finished (no ``runs/<experiment>/fold<k>/metrics.json``;
+an interrupted fold is resumed), then predicts every cached study (out-of-fold for the segmented ones) and
+writes the table to ``<cache_dir>/localisation.csv`` (or ``localisation_table=``). Prints the out-of-fold Dice and slice IoU.
 """
 from __future__ import annotations
+
+import sys
 
 from .config import ConfigError, load_config, run_main
 from .localisation import LOCALIZER_EXPERIMENT
@@ -17,7 +19,7 @@ def main(argv: list[str]) -> dict:
     from .folds import ensure_folds
     from .localisation.build import build_table, train_missing_folds
     from .models.registry import get_model_class, model_task
-    from .train import ensure_cache
+    from .train import STOPS_WITH_A_SENTENCE, ensure_cache
 
     if model_task(get_model_class(cfg["model"]), cfg) != "localize":
         raise ConfigError(f"config '{cfg['experiment']}' trains model '{cfg['model']}', not a localiser; "
@@ -26,8 +28,12 @@ def main(argv: list[str]) -> dict:
     cache_dir = resolve_cache_dir(cfg, data_dir)
     ensure_cache(cfg, data_dir, cache_dir)
     folds = ensure_folds(cfg, data_dir)
-    train_missing_folds(cfg, data_dir, cache_dir, folds)
-    _, summary = build_table(cfg, data_dir, cache_dir, folds)
+    try:
+        train_missing_folds(cfg, data_dir, cache_dir, folds)
+        _, summary = build_table(cfg, data_dir, cache_dir, folds)
+    except STOPS_WITH_A_SENTENCE as err:
+        print(f"[stopped] {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     return summary
 
 

@@ -14,7 +14,15 @@ import sys
 from pathlib import Path
 
 from .config import load_config, run_main
+from .locks import Busy
+from .training.checkpoint import CheckpointError
+from .training.run_folder import RunFolderError
 from .paths import resolve_cache_dir, resolve_data_dir, run_dir
+
+
+# a finished run, an unfinished one with other settings, a training already in progress, a damaged
+# checkpoint (a localiser's, say): the user's to resolve, so one line rather than a traceback
+STOPS_WITH_A_SENTENCE = (RunFolderError, Busy, CheckpointError)
 
 
 def ensure_cache(cfg, data_dir: Path, cache_dir: Path, announce=print) -> None:
@@ -38,7 +46,12 @@ def main(argv: list[str]) -> dict:
     distributed.setup(cfg["device"])  # a no-op unless torchrun started this process
     try:
         with distributed.quiet_unless_main():
-            return _build_and_train(cfg, distributed)
+            try:
+                return _build_and_train(cfg, distributed)
+            except STOPS_WITH_A_SENTENCE as err:
+                if distributed.current().is_main:
+                    print(f"[stopped] {err}", file=sys.stderr)
+                raise SystemExit(2) from None
     finally:
         distributed.shutdown()
 
@@ -71,6 +84,7 @@ def _build_and_train(cfg, distributed) -> dict:
         if distributed.current().is_main:
             print(f"[stopped] {err}", file=sys.stderr)
         raise SystemExit(1) from None
+
 
 
 if __name__ == "__main__":

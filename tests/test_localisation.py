@@ -235,6 +235,54 @@ def test_localiser_trains_through_the_loop_and_writes_the_table(tmp_path):
     assert "present" in messages[-1]
 
 
+def test_an_interrupted_localiser_fold_is_finished_before_the_table_uses_it(tmp_path, monkeypatch):
+    """Stopping the first train.sh during the localiser must not let the next one build the table from the
+    best epoch so far: the fold is resumed to its last epoch, and only then predicts."""
+    import src.training.loop as loop
+    from src.folds import ensure_folds
+    from src.localisation.build import fold_checkpoints, train_missing_folds
+    from src.paths import run_dir
+    from fake_training_data import install_folds, make_tiny_dataset
+
+    tiny = make_tiny_dataset(tmp_path, n_studies=10, slices=14, size=16)
+    install_folds(tiny)
+    cfg = _tiny_localizer_cfg(tiny, **{"localizer.folds": [0], "epochs": 2})
+    folds = ensure_folds(cfg, tiny["data_dir"])
+    real_save = loop.save_checkpoint
+
+    class Interrupted(Exception):
+        pass
+
+    def save_then_stop(path, **content):
+        real_save(path, **content)
+        if path.name == "last.pt":
+            raise Interrupted  # Ctrl-C right after epoch 0
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_stop)
+    with pytest.raises(Interrupted):
+        train_missing_folds(cfg, tiny["data_dir"], tiny["cache_dir"], folds, announce=lambda *_: None)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    folder = run_dir(cfg, fold=0)
+    assert (folder / "best.pt").exists() and fold_checkpoints(cfg) == {}  # half-trained: not usable
+
+    messages = []
+    train_missing_folds(cfg, tiny["data_dir"], tiny["cache_dir"], folds, announce=messages.append)
+    assert any("interrupted" in m for m in messages) and any("resuming" in m for m in messages)
+    assert torch.load(folder / "last.pt", weights_only=True)["epoch"] == 1  # both epochs, not restarted
+    assert list(pd.read_csv(folder / "history.csv")["epoch"]) == [0, 1]
+    assert fold_checkpoints(cfg) == {0: folder / "best.pt"}
+
+
+def test_a_damaged_localiser_checkpoint_is_named_in_one_sentence(tmp_path):
+    from src.localisation.predict import load_localizers
+    from src.training.checkpoint import CheckpointError
+
+    path = tmp_path / "best.pt"
+    path.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_localizers([path])
+
+
 # ---- the second look at the spine's box ----
 
 def test_boxes_find_scale_and_widen_within_the_volume():

@@ -21,6 +21,7 @@ from .. import VERTEBRAE
 from ..data.cache import cached_uids, load_study
 from ..io_utils import atomic_write_csv
 from ..paths import localisation_path, run_dir
+from ..training.run_folder import is_finished
 from .extents import extents_for, min_voxels
 from .metrics import nanmean
 from .predict import load_localizers, segment_study
@@ -40,27 +41,30 @@ def wanted_folds(cfg) -> list[int]:
 
 
 def fold_checkpoints(cfg) -> dict[int, Path]:
-    """Fold -> best.pt of the localiser experiment ``cfg.experiment``, for the folds trained so far."""
+    """Fold -> best.pt of the localiser experiment ``cfg.experiment``, for the folds whose training finished
+    (an interrupted fold's best.pt is only the best epoch so far, and is never used)."""
     found = {}
     for k in range(cfg["n_folds"]):
-        path = run_dir(cfg, fold=k) / "best.pt"
-        if path.exists():
-            found[k] = path
+        folder = run_dir(cfg, fold=k)
+        if is_finished(folder) and (folder / "best.pt").exists():
+            found[k] = folder / "best.pt"
     return found
 
 
 def train_missing_folds(cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, announce=print) -> None:
-    """Train, through the one training loop, each wanted fold that has no best.pt yet."""
+    """Train, through the one training loop, each wanted fold whose training has not finished: a fold never
+    started trains from scratch, an interrupted one is resumed from its last.pt (the loop says so)."""
     from omegaconf import OmegaConf
 
     from ..training import fit
     from .task import LocalisationTask
 
-    todo = [k for k in wanted_folds(cfg) if not (run_dir(cfg, fold=k) / "best.pt").exists()]
+    todo = [k for k in wanted_folds(cfg) if not is_finished(run_dir(cfg, fold=k))]
     for k in todo:
         fold_cfg = OmegaConf.merge(cfg, {"fold": k})
         folder = run_dir(fold_cfg)
-        announce(f"[localisation] training the localiser for fold {k} into {folder} ({fold_cfg['epochs']} epochs)")
+        state = "was interrupted: finishing" if (folder / "last.pt").exists() else "training"
+        announce(f"[localisation] the localiser for fold {k} {state} it in {folder} ({fold_cfg['epochs']} epochs)")
         task = LocalisationTask(fold_cfg, data_dir, cache_dir, folds, announce=announce)
         fit(fold_cfg, task, folder, dataset_kind=fold_cfg["dataset_kind"], announce=announce)
 
@@ -78,7 +82,7 @@ def build_table(cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, annou
 
     checkpoints = fold_checkpoints(cfg)
     if not checkpoints:
-        raise FileNotFoundError(f"no trained localiser in {run_dir(cfg, fold=0).parent} (fold*/best.pt); "
+        raise FileNotFoundError(f"no finished localiser run in {run_dir(cfg, fold=0).parent} (fold*/metrics.json); "
                                 f"train one with `bash train.sh config={cfg['experiment']} fold=0`")
     device = pick_device(cfg)
     models = dict(zip(checkpoints, load_localizers(checkpoints.values(), device)))

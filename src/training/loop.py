@@ -21,7 +21,7 @@ import json
 import math
 import random
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +29,13 @@ import pandas as pd
 import torch
 
 from ..config import save_config
-from ..io_utils import atomic_write_csv, atomic_write_json
+from .. import locks
+from ..io_utils import atomic_write_csv, atomic_write_json, remove_stale_temporaries
 from ..models.registry import get_model_class, model_family
 from . import distributed
 from .checkpoint import load_checkpoint, load_model_state, model_state, rng_state, save_checkpoint, set_rng_state
 from .ema import WeightAverage
+from .run_folder import FINISHED_MARKER, RunFolderError, Start, is_finished, lock_file, plan_start
 from .schedule import build_scheduler
 from .wandb_log import WandbRun
 
@@ -207,14 +209,42 @@ def fit(cfg, task, run_folder: Path, dataset_kind: str = "real", announce=print)
 
     Under torchrun every rank calls this; rank 0 writes and prints, every rank returns the same metrics.
     """
-    from tqdm import tqdm
-
     ctx = distributed.current()
     main = ctx.is_main
     if not main:
         announce = _silent
     run_folder = Path(run_folder)
+    with ExitStack() as held:
+        if main:  # one writer per run folder: a second training stops here, naming the one that runs
+            run_folder.parent.mkdir(parents=True, exist_ok=True)
+            held.enter_context(locks.exclusive(lock_file(run_folder), f"run folder {run_folder}"))
+        start = _plan_start(cfg, run_folder, announce) if main else None
+        start = distributed.broadcast_object(start)
+        if isinstance(start, RunFolderError):
+            raise start
+        return _fit(cfg, task, run_folder, start, dataset_kind, announce)
+
+
+def _plan_start(cfg, run_folder: Path, announce) -> Start | RunFolderError:
+    """Rank 0's decision for the run folder (src/training/run_folder.py), or the error every rank raises."""
+    try:
+        start = plan_start(run_folder, _plain(cfg), bool(cfg["resume"]), bool(cfg["overwrite"]))
+    except RunFolderError as err:
+        return err
     run_folder.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temporaries(run_folder)
+    if stale:
+        announce(f"[run] removed {len(stale)} temporary file(s) a killed write left in {run_folder}")
+    if start.message:
+        announce(start.message)
+    return start
+
+
+def _fit(cfg, task, run_folder: Path, start: Start, dataset_kind: str, announce) -> dict:
+    from tqdm import tqdm
+
+    ctx = distributed.current()
+    main = ctx.is_main
     device = pick_device(cfg)
     tune_backends(device)
     autocast = autocast_for(cfg, device)
@@ -253,7 +283,7 @@ def fit(cfg, task, run_folder: Path, dataset_kind: str = "real", announce=print)
     last_path, best_path = run_folder / "last.pt", run_folder / "best.pt"
     history_path = run_folder / "history.csv"
     start_epoch, best_value, best_epoch, history, wandb_id = 0, math.inf, -1, [], None
-    if cfg["resume"] and last_path.exists():
+    if start.resume:
         state = load_checkpoint(last_path, map_location=device)
         if state["model_name"] != cfg["model"]:
             raise ValueError(f"{last_path} holds model '{state['model_name']}', not '{cfg['model']}'; "
@@ -278,13 +308,10 @@ def fit(cfg, task, run_folder: Path, dataset_kind: str = "real", announce=print)
         if history_path.exists():
             history = [r for r in pd.read_csv(history_path).to_dict("records") if r["epoch"] < start_epoch]
         announce(f"[resume] {last_path}: epoch {state['epoch']} done, continuing at epoch {start_epoch}")
-    else:
-        if cfg["resume"]:
-            announce(f"[resume] no {last_path} yet: starting from scratch")
-        if main:
-            # a fresh start must not leave an earlier run's results looking like this run's if it fails
-            for stale in ("metrics.json", "oof.csv", "history.csv"):
-                (run_folder / stale).unlink(missing_ok=True)
+        if start_epoch >= cfg["epochs"] and is_finished(run_folder):
+            announce(f"[done] {run_folder} is finished ({state['epoch'] + 1} epochs); nothing to train "
+                     f"(resume=true with a larger epochs= trains it further)")
+            return json.loads((run_folder / FINISHED_MARKER).read_text())
     saved_epoch = start_epoch - 1 if start_epoch > 0 else None  # what last.pt holds, for the stop message
     if main:
         save_config(cfg, run_folder / "config.yaml")
@@ -394,12 +421,12 @@ def fit(cfg, task, run_folder: Path, dataset_kind: str = "real", announce=print)
     if main:
         metrics, oof = judge(task, outputs, val_set, judged)
         metrics = {monitor: metrics[monitor], **metrics, "best_epoch": state["epoch"], "n_val": len(val_set)}
-        files = [run_folder / "metrics.json"]
+        files = [run_folder / FINISHED_MARKER]
         if oof is not None:
             atomic_write_csv(run_folder / "oof.csv", oof)
             files.append(run_folder / "oof.csv")
-        atomic_write_json(run_folder / "metrics.json", metrics)
         figures = task.figures(metrics, oof, val_set, run_folder) if oof is not None else {}
+        atomic_write_json(run_folder / FINISHED_MARKER, metrics)  # last: its presence means the run is finished
         logger.finish(metrics, figures, files, model_file=best_path if cfg["wandb"]["log_model"] else None)
         announce(f"[done] {run_folder}: best epoch {state['epoch']}, {monitor} {metrics[monitor]:.4f}"
                  + (f" (label prior {metrics['prior_score']:.4f})" if "prior_score" in metrics else ""))
