@@ -123,7 +123,7 @@ def task_for(args):
 
 def _evaluate_on_rank(rank, world, port, args, checkpoint, out_dir):
     join_as_rank(rank, world, port)
-    from src.training.loop import evaluate_checkpoint
+    from src.training.evaluate import evaluate_checkpoint
 
     distributed.setup("cpu")
     try:
@@ -141,7 +141,7 @@ def _evaluate_on_rank(rank, world, port, args, checkpoint, out_dir):
 def test_validation_shared_over_two_ranks_gives_exactly_one_processes_oof_and_score(tiny, tmp_path):
     from src.models.registry import build_model
     from src.training.checkpoint import model_state, save_checkpoint
-    from src.training.loop import evaluate_checkpoint
+    from src.training.evaluate import evaluate_checkpoint
 
     args = TINY_CNN + overrides(tiny, batch_size=2)
     cfg, task = task_for(args)
@@ -194,8 +194,9 @@ def wandb_ids(wandb_dir: Path) -> list[str]:
 @pytest.mark.slow
 def test_two_ranks_write_one_run_folder_one_wandb_run_and_one_processes_oof(tiny, two_rank_run):
     folder = two_rank_run["folder"]
-    assert [p.relative_to(two_rank_run["root"] / "runs") for p in (two_rank_run["root"] / "runs").glob("*/*")] \
-        == [Path("cnn3d/fold0")]
+    runs = two_rank_run["root"] / "runs"
+    assert [p.relative_to(runs) for p in runs.glob("*/*") if not p.name.startswith(".")] == [Path("cnn3d/fold0")]
+    assert (runs / "cnn3d" / ".fold0.lock").exists()  # rank 0 alone took the folder's lock
     for name in ["config.yaml", "last.pt", "best.pt", "history.csv", "metrics.json", "oof.csv"]:
         assert (folder / name).exists(), name
     assert list(pd.read_csv(folder / "history.csv")["epoch"]) == [0, 1]
@@ -208,7 +209,7 @@ def test_two_ranks_write_one_run_folder_one_wandb_run_and_one_processes_oof(tiny
 
     # one process judging the same best.pt writes the same oof.csv and score
     cfg, task = task_for(TINY_CNN + overrides(tiny, batch_size=RUN["batch_size"]))
-    from src.training.loop import evaluate_checkpoint
+    from src.training.evaluate import evaluate_checkpoint
 
     torch.set_num_threads(1)
     try:
