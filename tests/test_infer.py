@@ -258,6 +258,24 @@ def test_rows_test_csv_cannot_explain_are_named_and_never_stop_the_run(tmp_path)
     assert values[f"{a}_C9"] == pytest.approx(prior.mean()) and values["junk"] == pytest.approx(prior.mean())
 
 
+def test_a_row_whose_columns_disagree_gets_what_its_row_id_says(data_dir, runs_dir, tmp_path):
+    """row_id is what Kaggle scores: GOOD[1]_C3 must get GOOD[1]'s C3 even when its columns say GOOD[0], C5."""
+    kaggle = tmp_path / "kaggle"
+    kaggle.mkdir()
+    (kaggle / "test_images").symlink_to(data_dir / "test_images")
+    shutil.copy(data_dir / "train.csv", kaggle / "train.csv")  # the same prior for the other studies
+    test = pd.read_csv(data_dir / "test.csv")
+    test.loc[test["row_id"] == f"{GOOD[1]}_C3", ["StudyInstanceUID", "prediction_type"]] = [GOOD[0], "C5"]
+    test.to_csv(kaggle / "test.csv", index=False)
+    result = run_infer(kaggle, runs_dir, tmp_path / "s.csv", "members=[cnn3d]", "limit_studies=2")
+    run_infer(data_dir, runs_dir, tmp_path / "ref.csv", "members=[cnn3d]", "limit_studies=2")
+    got, ref = (pd.read_csv(tmp_path / name).set_index("row_id")["fractured"] for name in ("s.csv", "ref.csv"))
+    assert list(got.index) == list(test["row_id"])
+    np.testing.assert_allclose(got.to_numpy(), ref.to_numpy())  # that row included
+    assert got[f"{GOOD[1]}_C3"] != pytest.approx(ref[f"{GOOD[0]}_C5"])
+    assert result["log"].uids("row_mismatch") == [f"{GOOD[1]}_C3"]
+
+
 @pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\xff\xfe\x00binary", b"", b"\n\n", b"id,value\n1,2\n"],
                          ids=["binary", "empty", "blank lines", "no row_id column"])
 def test_a_test_csv_that_cannot_be_read_is_one_line_and_an_exit_code(content, runs_dir, tmp_path, capsys):
