@@ -1,66 +1,30 @@
-"""python infer.py: every bad input still ends in a complete, valid submission; missing runs are clear
-errors; and a study's prediction through infer.py equals its out-of-fold row (Kaggle parity)."""
+"""python infer.py: every bad input still ends in a complete, valid submission (a run that cannot load is
+left out, a row test.csv cannot explain is named); missing runs, an unreadable test.csv and no loadable
+member are one-line errors; and a study's prediction through infer.py equals its out-of-fold row
+(Kaggle parity). Every kind of bad input at once: tests/test_hostile_infer.py."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
-from omegaconf import OmegaConf
 
 from src import TARGETS
-from src.config import ConfigError, load_config
+from src.config import ConfigError, load_config, run_main
 from src.inference.prior import SPEC_PREVALENCE, label_prior
-from src.inference.test_csv import check_submission, read_test_csv, write_submission
+from src.inference.test_csv import build_submission, check_submission, read_test_csv, study_order, write_submission
 from src.metric import SubmissionError, to_wide
 from src.synth.dicom_writer import write_series
 
-
-def _load_infer_script():
-    """infer.py sits at the repository root, outside any package: load it by path."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("infer", Path(__file__).resolve().parents[1] / "infer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-infer = _load_infer_script()
+from infer_helpers import (MODELS, infer, neck_volume, read_submission, run_infer, save_untrained_run, write_study,
+                           write_test_csv)
 
 GOOD = ["1.2.826.7.1", "1.2.826.7.2"]
 CORRUPT_SLICE, UNREADABLE, ABSENT, NOT_NAMED = "1.2.826.7.3", "1.2.826.7.4", "1.2.826.7.5", "1.2.826.7.6"
 BAD_UID = "9.9.x"   # test.csv names a "study" that may never become a path
-MODELS = {
-    "cnn3d": ["cnn3d.shape=[8,16,16]", "cnn3d.widths=[4,8]", "cnn3d.blocks=1", "prepare.size=16"],
-    "effnet_gru": ["effnet_gru.encoder=test_efficientnet", "effnet_gru.n_slices=3", "effnet_gru.neighbours=1",
-                   "effnet_gru.crop_size=32", "effnet_gru.gru_hidden=8", "pretrained=false", "prepare.size=32"],
-    "localizer": ["localizer.shape=[16,16,16]", "localizer.channels=[4,8]", "localizer.res_units=0", "prepare.size=32"],
-}
-
-
-def neck_volume(rng, slices=14, size=32) -> np.ndarray:
-    hu = rng.normal(0, 60, (slices, size, size))
-    hu[:, 10:22, 10:22] += 700  # a column of bone
-    return hu.astype(np.int16)
-
-
-def write_study(folder, uid, hu, reverse=False, numbers=None):
-    n = len(hu)
-    numbers = list(numbers) if numbers is not None else list(range(1, n + 1))
-    z = [-float(i) for i in range(n)]
-    if reverse:  # stored feet first: file 1 is the lowest slice
-        numbers = numbers[::-1]
-    write_series(folder / uid, hu, study_uid=uid, slice_numbers=numbers, z_positions=z, pixel_spacing=(0.5, 0.5),
-                 slice_thickness=1.0)
-
-
-def write_test_csv(path, uids):
-    rows = [(f"{u}_{t}", u, t) for u in uids for t in TARGETS]
-    pd.DataFrame(rows, columns=["row_id", "StudyInstanceUID", "prediction_type"]).to_csv(path, index=False)
 
 
 @pytest.fixture(scope="module")
@@ -84,23 +48,6 @@ def data_dir(tmp_path_factory):
     return root
 
 
-def save_untrained_run(runs_dir, name, data_dir, extra=(), fold=0, seed=0):
-    """A run folder in the training loop's format (config.yaml, best.pt with model + config) for a
-    randomly initialised tiny model: enough to exercise inference without training."""
-    from src.models.registry import build_model
-
-    cfg = load_config([f"config={name}", f"data_dir={data_dir}",
-                       *MODELS[name], *extra])
-    torch.manual_seed(seed)
-    model = build_model(cfg)
-    folder = runs_dir / name / f"fold{fold}"
-    folder.mkdir(parents=True, exist_ok=True)
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    torch.save({"model": model.state_dict(), "config": plain, "model_name": cfg["model"], "epoch": 0}, folder / "best.pt")
-    (folder / "config.yaml").write_text(yaml.safe_dump(plain))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory, data_dir):
     runs = tmp_path_factory.mktemp("runs")
@@ -108,22 +55,6 @@ def runs_dir(tmp_path_factory, data_dir):
         save_untrained_run(runs, name, data_dir)
     save_untrained_run(runs, "cnn3d", data_dir, fold=1, seed=1)
     return runs
-
-
-def run_infer(data_dir, runs_dir, out, *extra):
-    if not any(arg.startswith("members=") for arg in extra):
-        extra = ("members=[effnet_gru,cnn3d]", *extra)  # both model families unless a test names its own
-    return infer.main([f"data_dir={data_dir}", f"runs_dir={runs_dir}", f"output={out}", "progress=false",
-                       "device=cpu", *extra])
-
-
-def read_submission(path, data_dir) -> pd.DataFrame:
-    sub = pd.read_csv(path)
-    test = pd.read_csv(data_dir / "test.csv")
-    assert list(sub["row_id"]) == list(test["row_id"])      # every row of test.csv, in its order
-    assert sub["fractured"].between(0, 1).all() and sub["fractured"].notna().all()
-    return sub.assign(uid=test["StudyInstanceUID"], target=test["prediction_type"]) \
-        .pivot(index="uid", columns="target", values="fractured")[TARGETS]
 
 
 def test_every_bad_input_ends_in_a_complete_valid_submission(data_dir, runs_dir, tmp_path, capsys):
@@ -244,6 +175,127 @@ def test_missing_runs_and_bad_settings_are_clear_errors(data_dir, runs_dir, tmp_
     assert not (tmp_path / "x.csv").exists()
 
 
+# ---- one bad piece costs only itself: runs that cannot load, rows test.csv cannot explain ----
+
+def copy_with_truncated(runs_dir, tmp_path, *pieces):
+    """A copy of ``runs_dir`` in which each of ``pieces`` (``run/fold<k>``) has a truncated best.pt; a
+    piece of a run that does not exist is made from cnn3d's fold 0 first."""
+    runs = tmp_path / "runs"
+    shutil.copytree(runs_dir, runs)
+    for piece in pieces:
+        if not (runs / piece).exists():
+            shutil.copytree(runs / "cnn3d" / "fold0", runs / piece)
+        path = runs / piece / "best.pt"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return runs
+
+
+def summary_lines_naming(printed: str, subject: str) -> list[str]:
+    summary = printed[printed.index("[summary]"):]
+    return [line for line in summary.splitlines() if line.strip().startswith(f"{subject}:")]
+
+
+def test_a_member_or_fold_that_cannot_load_is_left_out_and_the_rest_predict(data_dir, runs_dir, tmp_path, capsys):
+    runs = copy_with_truncated(runs_dir, tmp_path, "broken/fold0", "cnn3d/fold1")
+    result = run_infer(data_dir, runs, tmp_path / "s.csv", "members=[cnn3d, broken]", "limit_studies=1")
+    printed = capsys.readouterr().out
+    left_out = dict(result["log"].events["left_out"])
+    assert set(left_out) == {"broken", "cnn3d fold 1"}
+    assert str(runs / "broken" / "fold0" / "best.pt") in left_out["broken"] and "cannot load" in left_out["broken"]
+    assert str(runs / "cnn3d" / "fold1" / "best.pt") in left_out["cnn3d fold 1"]
+    assert len(summary_lines_naming(printed, "broken")) == 1
+    # what is left (cnn3d's fold 0) predicts exactly as it does alone
+    run_infer(data_dir, runs_dir, tmp_path / "ref.csv", "members=[{run: cnn3d, folds: [0]}]", "limit_studies=1")
+    np.testing.assert_allclose(read_submission(tmp_path / "s.csv", data_dir).to_numpy(),
+                               read_submission(tmp_path / "ref.csv", data_dir).to_numpy())
+
+
+def test_when_no_member_can_load_it_is_one_clear_error(data_dir, runs_dir, tmp_path, capsys):
+    runs = copy_with_truncated(runs_dir, tmp_path, "cnn3d/fold0", "cnn3d/fold1")
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(infer.main, [f"data_dir={data_dir}", f"runs_dir={runs}", f"output={tmp_path / 's.csv'}",
+                              "progress=false", "device=cpu", "members=[cnn3d]"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "no member could be loaded" in err and str(runs / "cnn3d" / "fold0" / "best.pt") in err
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_localiser_that_cannot_load_is_left_out_and_crops_come_from_an_even_split(data_dir, runs_dir, tmp_path):
+    runs = copy_with_truncated(runs_dir, tmp_path, "localizer/fold0")
+    result = run_infer(data_dir, runs, tmp_path / "s.csv", "members=[effnet_gru]", "limit_studies=1")
+    log = result["log"]
+    assert log.uids("left_out") == ["localizer"] and "best.pt" in log.events["left_out"][0][1]
+    assert log.uids("localiser") == [GOOD[0]] and log.count("all_members") == 0
+    read_submission(tmp_path / "s.csv", data_dir)
+
+
+def write_rows(path, rows):
+    pd.DataFrame(rows, columns=["row_id", "StudyInstanceUID", "prediction_type"]).to_csv(path, index=False)
+
+
+def test_rows_test_csv_cannot_explain_are_named_and_never_stop_the_run(tmp_path):
+    from src.inference.test_csv import read_test_rows
+
+    a, b = GOOD
+    rows = [(f"{a}_{t}", a, t) for t in TARGETS] + [(f"{b}_{t}", b, t) for t in TARGETS]
+    rows[2] = (f"{a}_C2", b, "C4")                       # the columns say another study and type
+    rows[3] = (f"{a}_C3", "", "")                        # the columns are empty: row_id says it all
+    rows += [(f"{a}_C9", a, "C9"), ("junk", a, "C1"), ("", b, "C5"), (f"{a}_C1", a, "C1")]
+    write_rows(tmp_path / "test.csv", rows)
+    lines = (tmp_path / "test.csv").read_text().splitlines()
+    (tmp_path / "test.csv").write_text("\n".join(lines[:17] + [""] + lines[17:]) + "\n")  # a blank line 18
+    test, problems = read_test_rows(tmp_path / "test.csv")
+    named = {(kind, subject) for kind, subject, _ in problems}
+    assert named == {("row_mismatch", f"{a}_C2"), ("row_mismatch", f"{a}_C3"), ("bad_row", f"{a}_C9"),
+                     ("bad_row", "junk"), ("bad_row", "line 21"), ("repeated_row", f"{a}_C1")}
+    assert list(test["row_id"]) == [r for r, _, _ in rows[:-1] if r]  # in order; no row_id, no row; a repeat once
+    assert study_order(test) == [a, b]                                   # row_id's study, not the columns'
+    prior = np.linspace(0.1, 0.8, 8)
+    predictions = {a: np.full(8, 0.9), b: np.arange(8) / 10}
+    values = build_submission(test, predictions, prior).set_index("row_id")["fractured"]
+    assert values[f"{a}_C2"] == 0.9 and values[f"{a}_C3"] == 0.9      # what row_id says
+    assert values[f"{a}_C9"] == pytest.approx(prior.mean()) and values["junk"] == pytest.approx(prior.mean())
+
+
+def test_a_row_whose_columns_disagree_gets_what_its_row_id_says(data_dir, runs_dir, tmp_path):
+    """row_id is what Kaggle scores: GOOD[1]_C3 must get GOOD[1]'s C3 even when its columns say GOOD[0], C5."""
+    kaggle = tmp_path / "kaggle"
+    kaggle.mkdir()
+    (kaggle / "test_images").symlink_to(data_dir / "test_images")
+    shutil.copy(data_dir / "train.csv", kaggle / "train.csv")  # the same prior for the other studies
+    test = pd.read_csv(data_dir / "test.csv")
+    test.loc[test["row_id"] == f"{GOOD[1]}_C3", ["StudyInstanceUID", "prediction_type"]] = [GOOD[0], "C5"]
+    test.to_csv(kaggle / "test.csv", index=False)
+    result = run_infer(kaggle, runs_dir, tmp_path / "s.csv", "members=[cnn3d]", "limit_studies=2")
+    run_infer(data_dir, runs_dir, tmp_path / "ref.csv", "members=[cnn3d]", "limit_studies=2")
+    got, ref = (pd.read_csv(tmp_path / name).set_index("row_id")["fractured"] for name in ("s.csv", "ref.csv"))
+    assert list(got.index) == list(test["row_id"])
+    np.testing.assert_allclose(got.to_numpy(), ref.to_numpy())  # that row included
+    assert got[f"{GOOD[1]}_C3"] != pytest.approx(ref[f"{GOOD[0]}_C5"])
+    assert result["log"].uids("row_mismatch") == [f"{GOOD[1]}_C3"]
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\xff\xfe\x00binary", b"", b"\n\n", b"id,value\n1,2\n"],
+                         ids=["binary", "empty", "blank lines", "no row_id column"])
+def test_a_test_csv_that_cannot_be_read_is_one_line_and_an_exit_code(content, runs_dir, tmp_path, capsys):
+    (tmp_path / "test.csv").write_bytes(content)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(infer.main, [f"data_dir={tmp_path}", f"runs_dir={runs_dir}", f"output={tmp_path / 's.csv'}",
+                              "progress=false", "device=cpu", "members=[cnn3d]"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and len(err.splitlines()) == 1 and str(tmp_path / "test.csv") in err, err
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_data_dir_with_labels_but_no_test_csv_is_one_line(runs_dir, tmp_path, capsys):
+    (tmp_path / "train.csv").write_text("StudyInstanceUID,patient_overall\n1.2.3,1\n")
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(infer.main, [f"data_dir={tmp_path}", f"runs_dir={runs_dir}", "progress=false", "device=cpu"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "test.csv" in err, err
+
+
 def test_an_invalid_submission_is_never_written(tmp_path):
     test_path = tmp_path / "test.csv"
     write_test_csv(test_path, GOOD)
@@ -260,6 +312,8 @@ def test_an_invalid_submission_is_never_written(tmp_path):
         with pytest.raises(SubmissionError, match=reason.strip() if reason.strip() != "NaN" else "missing or non-numeric"):
             write_submission(frame.reset_index(drop=True), test, tmp_path / "sub.csv")
         assert not (tmp_path / "sub.csv").exists()
+    with pytest.raises(SubmissionError, match="cannot write the submission"):
+        write_submission(good, test, tmp_path)  # output= names a folder
 
 
 def test_prior_comes_from_train_csv_else_the_spec(tmp_path, data_dir):

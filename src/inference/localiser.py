@@ -8,13 +8,15 @@ is how a parity check reproduces the table the classifier was validated on.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .. import VERTEBRAE
+from ..config import ConfigError
+from .fallbacks import one_line
 from .runs import select_folds
 
 
@@ -24,6 +26,7 @@ class Localiser:
     models: list
     cfg: dict           # the first fold's config: min_voxel_fraction and the cache size
     table: pd.DataFrame | None = None
+    left_out: list = field(default_factory=list)  # (fold, why) for folds whose best.pt could not load
 
     @property
     def size(self) -> int:
@@ -48,17 +51,13 @@ class Localiser:
 def load_localiser(runs_dir: Path, run: str, device, table_path: str | None = None, announce=print) -> Localiser:
     """The localiser run's fold models (every fold with best.pt); with ``table_path``, also that table.
 
-    With a table, a missing localiser run is not an error: the table alone serves the studies it covers
-    (the others then fail over to the classifier's own even-split fallback, with a note).
+    Called by the inference pipeline when a member needs vertebra crops. With a table, a missing
+    localiser run is not an error: the table alone serves the studies it covers (the others then fail
+    over to the classifier's own even-split fallback, with a note). A fold whose best.pt cannot load is
+    left out (``Localiser.left_out``); with none left, every study takes that same fallback. A table
+    that cannot be read is a ConfigError: it is a setting, not an input.
     """
-    from omegaconf import OmegaConf
-
-    table = None
-    if table_path:
-        from ..tasks.vertebra import read_localisation
-
-        table = read_localisation(Path(table_path))
-        table["StudyInstanceUID"] = table["StudyInstanceUID"].astype(str)
+    table = _read_table(table_path) if table_path else None
     try:
         folds = select_folds(runs_dir, run, "all")
     except FileNotFoundError:
@@ -66,11 +65,46 @@ def load_localiser(runs_dir: Path, run: str, device, table_path: str | None = No
             raise
         announce(f"[localiser] no run '{run}' in {runs_dir}: rows come from {table_path} only")
         return Localiser(run, [], {"prepare": {"size": 0}}, table)
+    models, cfg, left_out = [], None, []
+    for fold, fold_dir in folds.items():
+        try:
+            model, fold_cfg = _load_fold(Path(fold_dir), device, need_config=cfg is None)
+        except Exception as err:  # a broken best.pt costs this fold, not the run
+            left_out.append((fold, f"{Path(fold_dir) / 'best.pt'}: {one_line(err)}"))
+            announce(f"[localiser] {run} fold {fold} left out: {left_out[-1][1]}")
+            continue
+        models.append(model)
+        cfg = cfg or fold_cfg
+    if not models:
+        announce(f"[localiser] {run}: no fold could load; vertebra crops come from "
+                 f"{'the table, else ' if table is not None else ''}an even split of each study")
+        return Localiser(run, [], {"prepare": {"size": 0}}, table, left_out)
+    announce(f"[localiser] {run}: folds {[f for f in folds if f not in dict(left_out)]}, grid "
+             f"{cfg['localizer']['shape']}, cache size {cfg['prepare']['size']}")
+    return Localiser(run, models, cfg, table, left_out)
+
+
+def _read_table(table_path: str) -> pd.DataFrame:
+    from ..tasks.vertebra import read_localisation
+
+    try:
+        table = read_localisation(Path(table_path))
+    except (OSError, ValueError) as err:  # pandas' parser errors are ValueErrors
+        raise ConfigError(f"localisation_table={table_path}: cannot use it ({one_line(err)})") from None
+    table["StudyInstanceUID"] = table["StudyInstanceUID"].astype(str)
+    return table
+
+
+def _load_fold(fold_dir: Path, device, need_config: bool) -> tuple[object, dict | None]:
+    """(model, its resolved config when ``need_config``) from one localiser fold folder."""
+    from omegaconf import OmegaConf
+
     from ..localisation.predict import load_localizers
+
+    model, = load_localizers([fold_dir], device)
+    if not need_config:
+        return model, None
     import torch
 
-    models = load_localizers(list(folds.values()), device)
-    state = torch.load(Path(folds[next(iter(folds))]) / "best.pt", map_location="cpu", weights_only=True)
-    cfg = OmegaConf.to_container(OmegaConf.create(state["config"]), resolve=True)
-    announce(f"[localiser] {run}: folds {list(folds)}, grid {cfg['localizer']['shape']}, cache size {cfg['prepare']['size']}")
-    return Localiser(run, models, cfg, table)
+    state = torch.load(fold_dir / "best.pt", map_location="cpu", weights_only=True)
+    return model, OmegaConf.to_container(OmegaConf.create(state["config"]), resolve=True)

@@ -5,7 +5,8 @@ built from the config saved with its weights with ``pretrained=false`` (nothing 
 then given the weights of ``best.pt``, loaded with ``torch.load(weights_only=True)`` so a checkpoint
 from elsewhere cannot run code. A member's prediction for a study is the mean of its folds'
 probabilities (and of the mirrored input's, with TTA), each fold run exactly as the training loop
-validated it (same batch builder, autocast and dtype).
+validated it (same batch builder, autocast and dtype). A fold whose ``best.pt`` cannot be used is left
+out with a message naming the file and why; only a member with no fold left fails to load.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from omegaconf import OmegaConf
 
 from ..config import ConfigError
 from .adapters import ADAPTERS, NEEDS_LOCALISATION, mirror
+from .fallbacks import one_line
 from .runs import select_folds
 
 
@@ -62,7 +64,7 @@ def load_fold_model(fold_dir: Path, device: torch.device):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and "unsupported global" errors all mean: not a checkpoint we can trust
-        raise ConfigError(f"{path}: cannot load ({type(err).__name__}: {err}); re-train the fold or leave it out") from err
+        raise ConfigError(f"{path}: cannot load ({one_line(err, 200)}); copy it again or re-train the fold") from err
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise ConfigError(f"{path}: no model weights inside (expected the training loop's best.pt)")
@@ -72,7 +74,7 @@ def load_fold_model(fold_dir: Path, device: torch.device):
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ConfigError(f"{path}: the weights do not fit the model its config describes ({err})") from err
+        raise ConfigError(f"{path}: the weights do not fit the model its config describes ({one_line(err, 200)})") from err
     return model.to(device).eval(), cfg
 
 
@@ -101,6 +103,7 @@ class Member:
     run: str
     weight: float
     folds: list[FoldModel] = field(default_factory=list)
+    left_out: list[tuple[int, str]] = field(default_factory=list)  # (fold, why) for folds that could not load
 
     @property
     def sizes(self) -> set[int]:
@@ -145,20 +148,43 @@ def _batch_key(cfg) -> str:
     return yaml.safe_dump({k: plain.get(k) for k in ("windows", "cnn3d", "effnet_gru", "prepare")}, sort_keys=True)
 
 
+class MemberLoadError(ConfigError):
+    """No requested fold of a member could be loaded; the message names each file and why."""
+
+
 def load_member(runs_dir: Path, run: str, weight: float, folds, device: torch.device, announce=print) -> Member:
-    """Every requested fold of ``run`` (RunNotFoundError lists the runs that exist when it is not there)."""
+    """Every requested fold of ``run`` that loads; ``member.left_out`` lists the others with why.
+
+    Called by the inference pipeline's load_predictor. A fold whose best.pt cannot be used
+    (truncated, not a checkpoint, weights that do not fit, a task inference cannot feed) costs only
+    itself: it is announced and left out. Raises RunNotFoundError (listing the runs that exist) when
+    the run or a requested fold is not there at all, which is a typo rather than a bad file, and
+    MemberLoadError when no fold loads.
+    """
     member = Member(run, float(weight))
     for fold, fold_dir in select_folds(runs_dir, run, folds).items():
-        model, cfg = load_fold_model(fold_dir, device)
-        task = member_task(cfg)
-        if task not in ADAPTERS:
-            raise ConfigError(f"{fold_dir}: model '{cfg['model']}' uses task '{task}', which inference cannot feed "
-                              f"(known: {', '.join(ADAPTERS)}); add an adapter in src/inference/adapters.py")
-        member.folds.append(FoldModel(fold, model, cfg, task))
+        try:
+            member.folds.append(load_fold(fold, fold_dir, device))
+        except Exception as err:  # any broken file must cost this fold, not the run
+            reason = str(err) if isinstance(err, ConfigError) else f"{Path(fold_dir) / 'best.pt'}: {one_line(err)}"
+            member.left_out.append((fold, " ".join(reason.split())))
+            announce(f"[members] {run} fold {fold} left out: {member.left_out[-1][1]}")
+    if not member.folds:
+        raise MemberLoadError("; ".join(reason for _, reason in member.left_out))
     n_params = sum(p.numel() for p in member.folds[0].model.parameters())
     announce(f"[members] {run}: folds {[f.fold for f in member.folds]}, model {member.folds[0].cfg['model']} "
              f"({n_params / 1e6:.2f} M parameters), weight {weight:.3f}, cache size {sorted(member.sizes)}")
     return member
+
+
+def load_fold(fold: int, fold_dir: Path, device: torch.device) -> FoldModel:
+    """One fold's model ready to predict; ConfigError naming the file when inference cannot use it."""
+    model, cfg = load_fold_model(fold_dir, device)
+    task = member_task(cfg)
+    if task not in ADAPTERS:
+        raise ConfigError(f"{fold_dir}: model '{cfg['model']}' uses task '{task}', which inference cannot feed "
+                          f"(known: {', '.join(ADAPTERS)}); add an adapter in src/inference/adapters.py")
+    return FoldModel(fold, model, cfg, task)
 
 
 def finite_probs(p: np.ndarray) -> bool:

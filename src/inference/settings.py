@@ -94,7 +94,8 @@ def resolve_test_data(cfg: dict, announce=print) -> Path:
     defaults = load_experiment_file("default")
     demo_cfg = {"data_dir": str(data_dir), "demo": defaults["demo"]}
     if has_labels(data_dir):
-        raise FileNotFoundError(f"{data_dir} has train.csv but no test.csv; point data_dir at the competition folder")
+        raise ConfigError(f"data_dir={cfg['data_dir']}: {data_dir} has train.csv but no test.csv; point data_dir at "
+                          f"the competition folder")
     return resolve_data_dir(demo_cfg, generate=True, announce=announce)
 
 
