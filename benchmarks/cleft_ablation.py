@@ -49,7 +49,7 @@ def main() -> None:
     from src.data.cache import load_study
     from src.folds import ensure_folds
     from src.models.registry import build_model
-    from src.paths import run_dir
+    from src.runs import run_dir
     from src.synth.generate import plan_dataset
     from src.synth.study import make_study
     from src.tasks.vertebra import VertebraDataset

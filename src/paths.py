@@ -1,9 +1,8 @@
 """Where the data, cache, folds and runs live, and the one check that turns a study UID into a path.
 
-The contract (shared/SPEC.md): ``data_dir`` defaults to the real Kaggle folder; when that holds no
-``train.csv`` the demo dataset under ``demo_dir`` is used instead, generated on first use.
-``cache_dir`` defaults to ``cache/<dataset>``, folds live in ``folds/<dataset>.csv``, runs in
-``runs/<experiment>/fold<k>/``.
+``data_dir`` defaults to the real Kaggle folder (docs/data.md#layout); when that holds no ``train.csv`` the
+demo dataset under ``demo.dir`` is used instead, generated on first use. ``cache_dir`` defaults to
+``cache/<dataset>``, folds live in ``folds/<dataset>.csv``; run folders are src/runs.py's.
 """
 from __future__ import annotations
 
@@ -75,12 +74,6 @@ def folds_path(cfg: DictConfig | dict, data_dir: Path) -> Path:
 
 def localisation_path(cfg: DictConfig | dict, cache_dir: Path) -> Path:
     return _abs(cfg["localisation_table"]) if cfg.get("localisation_table") else cache_dir / "localisation.csv"
-
-
-def run_dir(cfg: DictConfig | dict, experiment: str | None = None, fold: int | None = None) -> Path:
-    experiment = experiment or cfg["experiment"]
-    fold = cfg["fold"] if fold is None else fold
-    return _abs(cfg["runs_dir"]) / experiment / f"fold{fold}"
 
 
 def _abs(path: str | Path) -> Path:

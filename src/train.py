@@ -17,7 +17,8 @@ from .config import load_config, run_main
 from .locks import Busy
 from .training.checkpoint import CheckpointError
 from .training.run_folder import RunFolderError
-from .paths import resolve_cache_dir, resolve_data_dir, run_dir
+from .paths import resolve_cache_dir, resolve_data_dir
+from .runs import run_dir
 
 
 # a finished run, an unfinished one with other settings, a training already in progress, a damaged

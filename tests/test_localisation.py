@@ -210,7 +210,7 @@ def test_localiser_trains_through_the_loop_and_writes_the_table(tmp_path):
     from src.folds import ensure_folds
     from src.localisation import ensure_localisation
     from src.localisation.build import train_missing_folds
-    from src.paths import run_dir
+    from src.runs import run_dir
     from fake_training_data import install_folds, make_tiny_dataset
 
     tiny = make_tiny_dataset(tmp_path, n_studies=10, slices=14, size=16)
@@ -241,7 +241,7 @@ def test_an_interrupted_localiser_fold_is_finished_before_the_table_uses_it(tmp_
     import src.training.loop as loop
     from src.folds import ensure_folds
     from src.localisation.build import fold_checkpoints, train_missing_folds
-    from src.paths import run_dir
+    from src.runs import run_dir
     from fake_training_data import install_folds, make_tiny_dataset
 
     tiny = make_tiny_dataset(tmp_path, n_studies=10, slices=14, size=16)

@@ -20,8 +20,8 @@ import pandas as pd
 from .. import VERTEBRAE
 from ..data.cache import cached_uids, load_study
 from ..io_utils import atomic_write_csv
-from ..paths import localisation_path, run_dir
-from ..training.run_folder import is_finished
+from ..paths import localisation_path
+from ..runs import is_finished, run_dir
 from .extents import extents_for, min_voxels
 from .metrics import nanmean
 from .predict import load_localizers, segment_study

@@ -22,9 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from ..runs import FINISHED_MARKER, is_finished, read_run_config
 
-FINISHED_MARKER = "metrics.json"
 WORK_FILES = ("last.pt", "best.pt", "history.csv", "oof.csv", FINISHED_MARKER)
 # settings that may change between a run and its continuation without changing what it trains
 RESUMABLE_CHANGES = {"resume", "overwrite", "epochs", "progress", "num_workers", "persistent_workers",
@@ -42,10 +41,6 @@ class Start:
 
     resume: bool
     message: str = ""
-
-
-def is_finished(folder: Path) -> bool:
-    return (Path(folder) / FINISHED_MARKER).exists()
 
 
 def lock_file(folder: Path) -> Path:
@@ -96,7 +91,7 @@ def plan_start(folder: Path, current_config: dict, resume: bool, overwrite: bool
         moved = move_aside(folder)
         return Start(False, f"[run] {folder} held an unfinished run without last.pt (nothing to resume from): "
                             f"moved to {moved}, starting from scratch")
-    saved = _saved_config(folder)
+    saved = read_run_config(folder)
     differs = changed_keys(saved, current_config) if saved is not None else []
     if differs and not resume:
         shown = ", ".join(f"{k}: {_flatten(saved).get(k)!r} -> {_flatten(current_config).get(k)!r}" for k in differs[:5])
@@ -108,15 +103,6 @@ def plan_start(folder: Path, current_config: dict, resume: bool, overwrite: bool
         return Start(True)
     return Start(True, f"[resume] {folder} holds an unfinished run (no {FINISHED_MARKER}): resuming it "
                        f"(overwrite=true starts over instead)")
-
-
-def _saved_config(folder: Path) -> dict | None:
-    path = folder / "config.yaml"
-    try:
-        data = yaml.safe_load(path.read_text()) if path.exists() else None
-    except (OSError, yaml.YAMLError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _finished_score(folder: Path) -> str:
