@@ -178,11 +178,14 @@ def _kind(template: Any) -> str:
 
 
 def _refuse_interpolation(key: str, value: Any) -> None:
-    """OmegaConf would resolve ``${...}`` (``${oc.env:HOME}`` reads the environment) in a value it holds;
-    a value means what it says, so the sequence is refused wherever it appears."""
+    """OmegaConf would resolve ``${...}`` (``${oc.env:HOME}`` reads the environment) in a value it holds,
+    and takes ``???`` for "missing" (an error on first use); a value means what it says, so both are
+    refused wherever they appear."""
     if isinstance(value, str) and "${" in value:
         raise ConfigError(f"'{key}' expects a value without '${{' (nothing is interpolated: write the value "
                           f"itself), got {value!r}")
+    if isinstance(value, str) and value == "???":
+        raise ConfigError(f"'{key}' expects a value, got '???' (OmegaConf's mark for a missing value)")
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for index, item in items:
         _refuse_interpolation(f"{key}[{index!r}]" if isinstance(value, dict) else f"{key}[{index}]", item)
@@ -291,7 +294,7 @@ def _check_folds(cfg: dict) -> None:
     if isinstance(cfg.get("fold"), int) and not 0 <= cfg["fold"] < n_folds:
         raise ConfigError(f"'fold' expects {wanted}, got {cfg['fold']!r}")
     localizer = cfg.get("localizer")
-    for i, fold in enumerate(localizer.get("folds") or [] if isinstance(localizer, dict) else []):
+    for i, fold in enumerate((localizer.get("folds") or []) if isinstance(localizer, dict) else []):
         if not 0 <= fold < n_folds:
             raise ConfigError(f"'localizer.folds[{i}]' expects {wanted}, got {fold!r}")
 

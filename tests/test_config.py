@@ -166,6 +166,10 @@ def test_interpolation_in_an_override_is_refused(arg):
     assert "${" in message and arg.split("=")[0] in message
 
 
+def test_omegaconfs_missing_mark_is_refused():
+    assert "???" in one_line_error(real_config, "wandb.entity=???")
+
+
 def test_interpolation_in_a_yaml_value_is_refused(configs):
     write(configs, "small", "inherit: default\nname: ${oc.env:HOME}\n")
     message = one_line_error(load_config, ["config=small"], "effnet_gru", configs)
