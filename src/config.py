@@ -5,6 +5,13 @@ their own defaults). An experiment file names its parent with ``inherit:``; the 
 ``configs/default.yaml``, which declares every key. Overrides may only set keys that exist, with a
 value of the key's type; anything else stops the run with the closest valid names, because a
 silently ignored typo (``fodl=0``) costs a whole training run.
+
+Every value, whether an override, a config file's or an ``on_demo`` section's, passes :func:`check_value`
+when it is read: the default's type (a list element by element), null only where the default is
+null, the ranges and choices of :data:`EXPERIMENT_RULES`, and no ``${...}`` (OmegaConf would resolve
+it). Names that become paths (``config=``, ``inherit:``, ``experiment``, ``prepare.splits``) are plain
+names. A bad value is a one-line ConfigError naming the key, the file it came from, what it got and
+what is valid, before any data is touched.
 """
 from __future__ import annotations
 
