@@ -9,6 +9,7 @@ experiment on a dataset sees the same split.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +18,44 @@ import pandas as pd
 from . import TARGETS
 from .config import load_config, run_main
 from .io_utils import atomic_write_csv
-from .paths import check_uid, folds_path, resolve_data_dir
+from .metric import SubmissionError, read_table
+from .paths import InvalidUID, check_uid, folds_path, resolve_data_dir
+
+
+class FoldsError(ValueError):
+    """train.csv or the folds file cannot be used; the message names the file and what is wrong."""
 
 
 def read_labels(data_dir: Path) -> pd.DataFrame:
-    """train.csv with its UIDs checked and the two broken studies that SPEC.md names kept (callers filter)."""
+    """train.csv with its UIDs and labels checked and the two broken studies that SPEC.md names kept
+    (callers filter). Called by ensure_folds and the classify task; FoldsError names what is wrong."""
     path = Path(data_dir) / "train.csv"
-    labels = pd.read_csv(path)
+    try:
+        labels = read_table(path, dtype={"StudyInstanceUID": str})
+    except SubmissionError as err:
+        raise FoldsError(str(err)) from None
     missing = {"StudyInstanceUID", *TARGETS} - set(labels.columns)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
-    labels["StudyInstanceUID"] = [check_uid(u, str(path)) for u in labels["StudyInstanceUID"].astype(str)]
+        raise FoldsError(f"{path}: missing column(s) {sorted(missing)} (expected StudyInstanceUID, {', '.join(TARGETS)})")
+    try:
+        labels["StudyInstanceUID"] = [check_uid(u, str(path)) for u in labels["StudyInstanceUID"].fillna("")]
+    except InvalidUID as err:
+        raise FoldsError(str(err)) from None
     dup = labels["StudyInstanceUID"][labels["StudyInstanceUID"].duplicated()]
     if len(dup):
-        raise ValueError(f"{path}: duplicate studies {list(dup[:5])}")
+        raise FoldsError(f"{path}: duplicate studies {list(dup[:5])}")
+    _check_binary_labels(labels, path)
     return labels
+
+
+def _check_binary_labels(labels: pd.DataFrame, path: Path) -> None:
+    """Every label is 0 or 1: the stratifier and the loss would otherwise fail far from the cause."""
+    for target in TARGETS:
+        bad = ~pd.to_numeric(labels[target], errors="coerce").isin([0, 1])  # NaN and text are not labels
+        if bad.any():
+            row = labels[bad].iloc[0]
+            raise FoldsError(f"{path}: column {target} holds {row[target]!r} for study {row['StudyInstanceUID']}; "
+                             f"labels are 0 or 1")
 
 
 def make_folds(labels: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.DataFrame:
@@ -39,7 +63,7 @@ def make_folds(labels: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.Dat
     from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
     if len(labels) < n_folds:
-        raise ValueError(f"{len(labels)} studies cannot be split into {n_folds} folds")
+        raise FoldsError(f"{len(labels)} studies cannot be split into n_folds={n_folds} folds")
     # Sort first so the split depends on the studies, not on the CSV's row order.
     labels = labels.sort_values("StudyInstanceUID").reset_index(drop=True)
     y = labels[TARGETS].to_numpy(int)
@@ -50,22 +74,40 @@ def make_folds(labels: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.Dat
     return pd.DataFrame({"StudyInstanceUID": labels["StudyInstanceUID"], "fold": fold})
 
 
+def read_folds(path: Path) -> pd.DataFrame:
+    """An existing folds file; FoldsError names it, says what is wrong and how to start again."""
+    fix = "delete it to make new folds, or point folds_dir elsewhere"
+    try:
+        folds = read_table(path, dtype={"StudyInstanceUID": str})
+    except SubmissionError as err:
+        raise FoldsError(f"{err}; {fix}") from None
+    missing = {"StudyInstanceUID", "fold"} - set(folds.columns)
+    if missing:
+        raise FoldsError(f"{path}: missing column(s) {sorted(missing)}; {fix}")
+    if not pd.api.types.is_integer_dtype(folds["fold"]) or (folds["fold"] < 0).any():
+        raise FoldsError(f"{path}: column fold holds {folds['fold'].iloc[0]!r}..., not fold numbers 0, 1, ...; {fix}")
+    return folds
+
+
 def ensure_folds(cfg, data_dir: Path, announce=print) -> pd.DataFrame:
     """Read folds/<dataset>.csv, making it first if absent; refuse a file that disagrees with train.csv."""
     path = folds_path(cfg, data_dir)
     labels = read_labels(data_dir)
     if path.exists():
-        folds = pd.read_csv(path, dtype={"StudyInstanceUID": str})
+        folds = read_folds(path)
         known = set(folds["StudyInstanceUID"])
         absent = [u for u in labels["StudyInstanceUID"] if u not in known]
         if absent:
-            raise ValueError(f"{path} lacks {len(absent)} studies of {data_dir}/train.csv (e.g. {absent[0]}); "
+            raise FoldsError(f"{path} lacks {len(absent)} studies of {data_dir}/train.csv (e.g. {absent[0]}); "
                              f"delete it to make new folds, or point folds_dir elsewhere")
         if folds["fold"].max() + 1 != cfg["n_folds"]:
-            raise ValueError(f"{path} has {folds['fold'].max() + 1} folds but n_folds={cfg['n_folds']}; "
+            raise FoldsError(f"{path} has {folds['fold'].max() + 1} folds but n_folds={cfg['n_folds']}; "
                              f"delete it or set n_folds to match")
         return folds
-    folds = make_folds(labels, cfg["n_folds"], cfg["seed"])
+    try:
+        folds = make_folds(labels, cfg["n_folds"], cfg["seed"])
+    except FoldsError as err:
+        raise FoldsError(f"{Path(data_dir) / 'train.csv'}: {err}") from None
     atomic_write_csv(path, folds)
     announce(f"[folds] wrote {path}: {len(folds)} studies in {cfg['n_folds']} folds (seed {cfg['seed']})")
     return folds
@@ -90,5 +132,10 @@ def main(argv: list[str]) -> None:
     print(describe(read_labels(data_dir), folds))
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: an unusable train.csv is one line on stderr and exit code 2 (src.config.run_main)."""
+    run_main(main, sys.argv[1:] if argv is None else argv, input_errors=(FoldsError,))
+
+
 if __name__ == "__main__":
-    run_main(main)
+    cli()

@@ -7,6 +7,8 @@ studies. Used by src.score (the CLI), by every classifier's validation, and by t
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -86,6 +88,33 @@ def summarize(labels: np.ndarray, probs: np.ndarray, prior_labels: np.ndarray | 
 
 
 # ---- tables: the Kaggle long format and the wide out-of-fold format ----
+
+def read_table(path: Path | str, **read_csv_args) -> pd.DataFrame:
+    """The CSV file ``path`` as a frame, or a SubmissionError naming the file and what is wrong with it
+    (absent, a folder, empty, binary, not UTF-8, not a table) instead of pandas' traceback. Called by
+    src.score for the truth and the submission, and by src.folds for train.csv and the folds file."""
+    path = Path(path)
+    if not path.exists():
+        raise SubmissionError(f"{path}: no such file")
+    if path.is_dir():
+        raise SubmissionError(f"{path}: a folder, not a CSV file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+    except OSError as err:
+        raise SubmissionError(f"{path}: cannot be read ({err.strerror})") from None
+    if not head.strip():
+        raise SubmissionError(f"{path}: empty file, not a CSV table with a header row")
+    if b"\0" in head:  # no text file holds a NUL byte; pandas would report garbage columns or a decode error
+        raise SubmissionError(f"{path}: binary file, not a CSV table")
+    try:
+        return pd.read_csv(path, **read_csv_args)
+    except UnicodeDecodeError:
+        raise SubmissionError(f"{path}: not UTF-8 text, not a CSV table") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise SubmissionError(f"{path}: not a CSV table ({reason})") from None
+
 
 def long_to_wide(submission: pd.DataFrame) -> pd.DataFrame:
     """``row_id, fractured`` (row_id = <UID>_<target>) to one row per study with the eight target columns."""

@@ -7,22 +7,36 @@ prior's score on the same studies for reference. The last line is ``score=<float
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from . import TARGETS
-from .config import parse_overrides, run_main
-from .metric import SubmissionError, align, summarize
+from .config import ConfigError, parse_overrides, run_main
+from .metric import SubmissionError, align, read_table, summarize, to_wide
 
 DEFAULTS = {"truth": "", "submission": "submission.csv"}
 
 
+def read_wide(path: Path) -> pd.DataFrame:
+    """One of the two files in the wide format; whatever is wrong with it is said with its name."""
+    frame = read_table(path)
+    try:
+        return to_wide(frame)
+    except SubmissionError as err:
+        raise SubmissionError(f"{path}: {err}") from None
+
+
 def score_files(truth_path: Path, submission_path: Path) -> dict:
-    for path in (truth_path, submission_path):
-        if not Path(path).exists():
-            raise SubmissionError(f"{path}: no such file")
-    labels, probs, _ = align(pd.read_csv(truth_path), pd.read_csv(submission_path))
+    """The score of ``submission_path`` on the studies of ``truth_path``; SubmissionError names the file at fault."""
+    truth, submission = read_wide(Path(truth_path)), read_wide(Path(submission_path))
+    if truth.empty:
+        raise SubmissionError(f"{truth_path}: no studies (a header and no rows)")
+    try:
+        labels, probs, _ = align(truth, submission)
+    except SubmissionError as err:
+        raise SubmissionError(f"cannot score {submission_path} against {truth_path}: {err}") from None
     return summarize(labels, probs)
 
 
@@ -41,13 +55,14 @@ def format_summary(result: dict) -> str:
 def main(argv: list[str]) -> None:
     args = parse_overrides(argv, DEFAULTS)
     if not args["truth"]:
-        raise SystemExit("usage: python -m src.score truth=<labels csv> submission=<predictions csv>")
-    try:
-        result = score_files(Path(args["truth"]), Path(args["submission"]))
-    except SubmissionError as err:
-        raise SystemExit(f"cannot score {args['submission']} against {args['truth']}: {err}") from None
-    print(format_summary(result))
+        raise ConfigError("truth= names no file; usage: python -m src.score truth=<labels csv> submission=<predictions csv>")
+    print(format_summary(score_files(Path(args["truth"]), Path(args["submission"]))))
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: a file that cannot be scored is one line on stderr and exit code 2 (src.config.run_main)."""
+    run_main(main, sys.argv[1:] if argv is None else argv, input_errors=(SubmissionError,))
 
 
 if __name__ == "__main__":
-    run_main(main)
+    cli()

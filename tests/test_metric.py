@@ -98,9 +98,74 @@ def test_cli_prints_score_last(tmp_path, capsys):
     assert any(line.startswith("label prior") for line in out)
 
 
-def test_cli_missing_study_is_an_error(tmp_path):
+def test_cli_missing_study_is_an_error(tmp_path, capsys):
     uids = ["1.2.3.1", "1.2.3.2"]
     _wide(uids, np.zeros((2, 8), dtype=int)).to_csv(tmp_path / "truth.csv", index=False)
     _wide(uids[:1], np.full((1, 8), 0.5)).to_csv(tmp_path / "sub.csv", index=False)
-    with pytest.raises(SystemExit, match="no prediction"):
-        score_main([f"truth={tmp_path / 'truth.csv'}", f"submission={tmp_path / 'sub.csv'}"])
+    message = cli_error([f"truth={tmp_path / 'truth.csv'}", f"submission={tmp_path / 'sub.csv'}"], capsys)
+    assert "no prediction" in message and "sub.csv" in message
+
+
+# ---- a file that is not a table: one line naming it, exit code 2, no traceback ----
+
+def cli_error(argv, capsys) -> str:
+    """Run ``python -m src.score``'s command line in-process; return its one stderr line."""
+    from src.score import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def _unusable(path, kind):
+    """Make ``path`` an unusable CSV of the given kind; returns what the message must say."""
+    if kind == "folder":
+        path.mkdir()
+        return "folder"
+    contents = {"empty": (b"", "empty"), "blank lines": (b"\n\n  \n", "empty"),
+                "binary": (bytes(range(256)) * 8, "binary"), "latin-1": ("Étude,é\n1,2\n".encode("latin-1"), "UTF-8"),
+                "no table": (b"StudyInstanceUID,C1\n\"1.2.3, 0\n", "CSV table"),
+                "wrong columns": (b"a,b\n1,2\n", "missing")}
+    data, said = contents[kind]
+    path.write_bytes(data)
+    return said
+
+
+@pytest.mark.parametrize("which", ["truth", "submission"])
+@pytest.mark.parametrize("kind", ["empty", "blank lines", "binary", "latin-1", "folder", "no table", "wrong columns"])
+def test_an_unusable_file_is_named_in_one_line(tmp_path, capsys, which, kind):
+    uids = ["1.2.3.1", "1.2.3.2"]
+    files = {"truth": tmp_path / "truth.csv", "submission": tmp_path / "sub.csv"}
+    _wide(uids, np.zeros((2, 8), dtype=int)).to_csv(files["truth"], index=False)
+    _wide(uids, np.full((2, 8), 0.5)).to_csv(files["submission"], index=False)
+    files[which].unlink()
+    said = _unusable(files[which], kind)
+    message = cli_error([f"truth={files['truth']}", f"submission={files['submission']}"], capsys)
+    assert str(files[which]) in message and said in message, message
+
+
+def test_a_truth_without_studies_is_named(tmp_path, capsys):
+    (tmp_path / "truth.csv").write_text("StudyInstanceUID," + ",".join(TARGETS) + "\n")
+    _wide(["1.2.3.1"], np.full((1, 8), 0.5)).to_csv(tmp_path / "sub.csv", index=False)
+    message = cli_error([f"truth={tmp_path / 'truth.csv'}", f"submission={tmp_path / 'sub.csv'}"], capsys)
+    assert "truth.csv" in message and "no studies" in message
+
+
+def test_no_truth_is_a_usage_line(capsys):
+    assert "truth=" in cli_error([], capsys)
+
+
+def test_python_m_src_score_on_a_folder_exits_2_with_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "sub").mkdir()
+    _wide(["1.2.3.1"], np.zeros((1, 8), dtype=int)).to_csv(tmp_path / "truth.csv", index=False)
+    done = subprocess.run([sys.executable, "-m", "src.score", f"truth={tmp_path / 'truth.csv'}",
+                           f"submission={tmp_path / 'sub'}"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1 and str(tmp_path / "sub") in done.stderr and "folder" in done.stderr
