@@ -2,7 +2,8 @@
 
 Every entry point calls :func:`load_config` (experiments) or :func:`parse_overrides` (small tools with
 their own defaults). An experiment file names its parent with ``inherit:``; the chain ends at
-``configs/default.yaml``, which declares every key. Overrides may only set keys that exist, with a
+``configs/default.yaml``, which declares every key but a new model's own settings section (which its
+config file declares beside ``model:``, see :func:`_types`). Overrides may only set keys that exist, with a
 value of the key's type; anything else stops the run with the closest valid names, because a
 silently ignored typo (``fodl=0``) costs a whole training run.
 
@@ -145,7 +146,7 @@ EXPERIMENT_RULES: dict[str, Rule] = {
     "windows": Rule(min_length=1, each=Rule(test=_window_pair), example=[[0.0, 1.0]]),
     "n_folds": Rule(low=2), "fold": _COUNT0, "seed": _NON_NEGATIVE,  # fold < n_folds: _check_folds
     "experiment": Rule(plain_name=True),  # runs/<experiment>/
-    "dataset_kind": Rule(choices=("demo", "real")), "model": _TEXT, "task": _TEXT,
+    "dataset_kind": Rule(choices=("demo", "real")), "model": _TEXT,
     "tags": Rule(example=[""]),
     "epochs": _COUNT, "batch_size": _COUNT, "lr": _POSITIVE, "weight_decay": _NON_NEGATIVE,
     "warmup_epochs": _NON_NEGATIVE, "grad_clip": _NON_NEGATIVE, "ema_decay": _DROPOUT, "num_workers": _COUNT0,
@@ -389,10 +390,21 @@ def _experiment_path(name: Any, config_dir: Path, key: str = "config", source: s
     return path
 
 
-def _types(config_dir: Path) -> dict:
-    """default.yaml's keys and values, whose types every other value must have."""
+def _types(config_dir: Path, declared_by: dict | None = None, own: dict | None = None) -> dict:
+    """default.yaml's keys and values, whose types every other value must have, plus the settings
+    sections that config files declared for their own models (src/models/registry.py ``settings``):
+    a new model brings its section in its own config file, a top-level mapping default.yaml lacks
+    named like the file's ``model`` (``model: my_crop`` beside ``my_crop:``). ``declared_by``: an
+    already loaded chain, whose extra sections were accepted when its files were read; ``own``: the
+    file being read, whose ``model`` section is accepted."""
     data = _read_yaml(_experiment_path("default", config_dir))
     data.pop("on_demo", None)
+    for key, value in (declared_by or {}).items():
+        if key not in data and key != "on_demo" and isinstance(value, dict):
+            data[key] = value
+    model = (own or {}).get("model")
+    if isinstance(model, str) and model not in data and isinstance(own.get(model), dict):
+        data[model] = own[model]
     return data
 
 
@@ -411,7 +423,7 @@ def load_experiment_file(name: str, config_dir: Path = CONFIG_DIR, _seen: tuple 
         _experiment_path(parent, config_dir, key="inherit", source=str(path))
         base = load_experiment_file(parent, config_dir, _seen + (name,))
         base_demo = base.pop("on_demo", None) or {}
-    types = _types(config_dir)
+    types = _types(config_dir, base if parent else None, data)
     _check_entries(types, data, str(path))
     _check_entries(types, own_demo, f"{path} (on_demo)")
     merged = _deep_update(base, data) if parent else data
@@ -441,7 +453,7 @@ def load_config(argv: Iterable[str] | None = None, default_experiment: str = DEF
     data = load_experiment_file(name, config_dir)
     data["experiment"] = name
     on_demo = data.pop("on_demo", None) or {}
-    types = _types(config_dir)
+    types = _types(config_dir, declared_by=data)
     resolved = apply_overrides(data, rest, types=types, rules=EXPERIMENT_RULES)
     from .paths import has_labels, is_synthetic
 

@@ -21,7 +21,7 @@ def main(argv: list[str]) -> dict:
     from .models.registry import get_model_class, model_task
     from .train import STOPS_WITH_A_SENTENCE, ensure_cache
 
-    if model_task(get_model_class(cfg["model"]), cfg) != "localize":
+    if model_task(get_model_class(cfg["model"])) != "localize":
         raise ConfigError(f"config '{cfg['experiment']}' trains model '{cfg['model']}', not a localiser; "
                           f"use config={LOCALIZER_EXPERIMENT}")
     data_dir = resolve_data_dir(cfg)

@@ -64,7 +64,7 @@ def _build_and_train(cfg, distributed) -> dict:
     from .training import TrainingStopped, fit
 
     model_cls = get_model_class(cfg["model"])  # fail on a bad name before any data work
-    task_cls = get_task_class(model_task(model_cls, cfg))
+    task_cls = get_task_class(model_task(model_cls))
     with distributed.main_first():
         data_dir = resolve_data_dir(cfg)
         dataset_kind = cfg["dataset_kind"]  # set by load_config: "demo" when the demo data stands in

@@ -118,7 +118,7 @@ def task_for(args):
     from src.tasks import get_task_class
 
     cfg = load_config(args)
-    return cfg, get_task_class("classify")(cfg, cfg["data_dir"], cfg["cache_dir"], ensure_folds(cfg, cfg["data_dir"]))
+    return cfg, get_task_class("volume")(cfg, cfg["data_dir"], cfg["cache_dir"], ensure_folds(cfg, cfg["data_dir"]))
 
 
 def _evaluate_on_rank(rank, world, port, args, checkpoint, out_dir):

@@ -121,12 +121,12 @@ def test_failing_members_fall_back_to_the_others_then_to_the_prior(data_dir, run
 def test_an_unexpected_error_costs_only_that_study(data_dir, runs_dir, tmp_path, monkeypatch):
     from src.inference import pipeline
 
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("cannot allocate 2 GiB")
 
-    monkeypatch.setattr(pipeline, "stage_study", full_disk)
+    monkeypatch.setattr(pipeline, "combine_members", out_of_memory)
     result = run_infer(data_dir, runs_dir, tmp_path / "s.csv", "members=[cnn3d]", "limit_studies=1")
-    assert result["log"].uids("error") == [GOOD[0]] and "No space left" in result["log"].events["error"][0][1]
+    assert result["log"].uids("error") == [GOOD[0]] and "cannot allocate" in result["log"].events["error"][0][1]
     np.testing.assert_allclose(read_submission(tmp_path / "s.csv", data_dir).loc[GOOD[0]].to_numpy(),
                                label_prior(data_dir)[0])
 
@@ -338,7 +338,7 @@ def train_tiny_run(tiny, experiment, extra):
 
     # prepare.size = the tiny cache's size, so that reading its DICOMs gives the cached volume back
     cfg = load_config([f"config={experiment}", *overrides(tiny), "prepare.size=16", *extra])
-    task = get_task_class(model_task(get_model_class(cfg["model"]), cfg))(
+    task = get_task_class(model_task(get_model_class(cfg["model"])))(
         cfg, tiny["data_dir"], tiny["cache_dir"], ensure_folds(cfg, tiny["data_dir"]), announce=lambda *_: None)
     folder = Path(tiny["runs_dir"]) / experiment / "fold0"
     fit(cfg, task, folder, dataset_kind="demo", announce=lambda *_: None)

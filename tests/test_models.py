@@ -46,7 +46,7 @@ def test_loss_refuses_wrong_shapes():
 
 def test_registry_knows_cnn3d_and_names_the_registered_ones_for_a_typo():
     assert "cnn3d" in model_names()
-    assert get_model_class("cnn3d").task == "classify"
+    assert get_model_class("cnn3d").task == "volume" and get_model_class("cnn3d").settings == "cnn3d"
     with pytest.raises(ConfigError, match="cnn3d"):
         get_model_class("cnn3e")
 

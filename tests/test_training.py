@@ -154,7 +154,8 @@ def test_weight_average_follows_the_weights_with_a_ramped_decay():
 class NanAfterFirstEpoch(nn.Module):
     """Trains normally for ``epochs_ok`` epochs worth of steps, then returns a NaN loss."""
 
-    task = "classify"
+    task = "volume"
+    settings = "cnn3d"  # fed as the 3D CNN is
     steps_ok = 2
 
     def __init__(self, cfg):
@@ -196,7 +197,7 @@ def test_fit_raises_training_stopped_for_callers_other_than_main(tiny):
     cfg = load_config(TINY_CNN + overrides(tiny, model="nan_after_first_epoch", runs_dir=tiny["runs_dir"] + "_nan2")
                       + [])
     folds = ensure_folds(cfg, tiny["data_dir"])
-    task = get_task_class("classify")(cfg, tiny["data_dir"], tiny["cache_dir"], folds)
+    task = get_task_class("volume")(cfg, tiny["data_dir"], tiny["cache_dir"], folds)
     NanAfterFirstEpoch.steps_ok = 0
     try:
         with pytest.raises(TrainingStopped, match="no checkpoint of this run was written yet"):
@@ -240,7 +241,7 @@ def test_limit_studies_keeps_the_first_studies_of_each_split(tiny):
     from src.tasks import get_task_class
 
     cfg = load_config(TINY_CNN + overrides(tiny, limit_studies=3))
-    task = get_task_class("classify")(cfg, tiny["data_dir"], tiny["cache_dir"], ensure_folds(cfg, tiny["data_dir"]))
+    task = get_task_class("volume")(cfg, tiny["data_dir"], tiny["cache_dir"], ensure_folds(cfg, tiny["data_dir"]))
     train_set, val_set = task.datasets()
     assert len(train_set) == 3 and len(val_set) == 2  # fold 0 has only two validation studies
     assert set(train_set.study_uids).isdisjoint(val_set.study_uids)

@@ -15,7 +15,7 @@ studies
 - ``member``       one member failed on the study; the others predicted        -> remaining members
 - ``all_members``  every member failed                                         -> prior
 - ``not_requested`` beyond limit_studies                                       -> prior
-- ``error``        anything else that went wrong with the study (scratch disk) -> prior
+- ``error``        anything else that went wrong with the study (memory)      -> prior
 
 rows of test.csv (src/inference/test_csv.py; row_id is what Kaggle scores, so it decides)
 - ``bad_row``      row_id is empty or not <StudyInstanceUID>_<prediction_type> with a known type

@@ -5,43 +5,26 @@ built from the config saved with its weights with ``pretrained=false`` (nothing 
 then given the weights of ``best.pt``, loaded with ``torch.load(weights_only=True)`` so a checkpoint
 from elsewhere cannot run code. A member's prediction for a study is the mean of its folds'
 probabilities (and of the mirrored input's, with TTA), each fold run exactly as the training loop
-validated it (same batch builder, autocast and dtype). A fold whose ``best.pt`` cannot be used is left
-out with a message naming the file and why; only a member with no fold left fails to load.
+validated it: the input its task builds from the same item builder (src/inference/inputs.py), the
+training side's autocast (src/training/device.py). A fold whose ``best.pt`` cannot be used, or whose
+task builds no inference input, is left out with a message naming the file and why; only a member
+with no fold left fails to load.
 """
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import yaml
 from omegaconf import OmegaConf
 
 from ..config import ConfigError
-from .adapters import ADAPTERS, NEEDS_LOCALISATION, mirror
 from .fallbacks import one_line
+from .inputs import InputSpec, input_spec
 from .runs import select_folds
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but no CUDA device is visible; use device=auto or device=cpu")
-    return torch.device(name)
-
-
-def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast on GPU for ``auto`` (what the training loop validated with), fp32 on CPU."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext
 
 
 def read_run_config(fold_dir: Path, checkpoint: dict) -> dict:
@@ -78,22 +61,16 @@ def load_fold_model(fold_dir: Path, device: torch.device):
     return model.to(device).eval(), cfg
 
 
-def member_task(cfg) -> str:
-    from ..models.registry import get_model_class, model_task
-
-    return model_task(get_model_class(cfg["model"]), cfg)
-
-
 @dataclass
 class FoldModel:
     fold: int
     model: torch.nn.Module
     cfg: object
-    task: str
+    input: InputSpec  # what it is fed
 
     @property
     def size(self) -> int:
-        return int(self.cfg["prepare"]["size"])
+        return self.input.size
 
 
 @dataclass
@@ -110,31 +87,32 @@ class Member:
         return {f.size for f in self.folds}
 
     @property
+    def inputs(self) -> list[InputSpec]:
+        """The distinct inputs of its folds (one, unless folds were trained with other preprocessing)."""
+        return list({f.input.key: f.input for f in self.folds}.values())
+
+    @property
     def needs_localisation(self) -> bool:
-        return any(NEEDS_LOCALISATION[f.task] for f in self.folds)
+        return any(f.input.needs_localisation for f in self.folds)
 
     @torch.no_grad()
-    def predict(self, staged: dict[int, Path], uid: str, localisation: pd.DataFrame | None,
-                device: torch.device, precision: str = "auto", tta: bool = False) -> np.ndarray:
+    def predict(self, inputs: dict, device: torch.device, autocast, tta: bool = False) -> np.ndarray:
         """Eight probabilities (TARGETS order) for one study: the mean over folds and TTA views.
 
-        ``staged`` maps each cache size to the scratch cache holding the study
-        (src/inference/reading.py). Raises ValueError if a fold gives a non-finite output, so the
-        caller can fall back.
+        ``inputs`` maps each input's key to its one-study batch (src/inference/inputs.py), or to the
+        InputFailed that building it raised, which is raised here; ``autocast`` is the training side's
+        (src/training/device.py ``autocast_for``). Raises ValueError if a fold gives a non-finite
+        output, so the caller can fall back.
         """
-        autocast = autocast_context(device, precision)
         probs = []
-        batches: dict[tuple, dict] = {}
         for fold in self.folds:
-            # folds of one run share their preprocessing; build each distinct batch once
-            key = (fold.task, fold.size, _batch_key(fold.cfg))
-            if key not in batches:
-                batches[key] = ADAPTERS[fold.task](fold.cfg, staged[fold.size], uid, localisation)
-            views = [batches[key]] + ([mirror(batches[key])] if tta else [])
-            for batch in views:
-                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch = inputs[fold.input.key]
+            if isinstance(batch, BaseException):
+                raise batch
+            for view in [batch] + ([mirror(batch)] if tta else []):
+                view = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in view.items()}
                 with autocast():
-                    logits = fold.model(batch)["logits"]
+                    logits = fold.model(view)["logits"]
                 p = torch.sigmoid(logits.float()).cpu().numpy().reshape(-1)
                 if p.shape != (8,) or not np.all(np.isfinite(p)):
                     raise ValueError(f"{self.run} fold {fold.fold} gave {p.shape} outputs, finite: {np.isfinite(p).all()}")
@@ -142,10 +120,9 @@ class Member:
         return np.mean(probs, axis=0)
 
 
-def _batch_key(cfg) -> str:
-    """What decides a task's input: its windows and model-specific preprocessing keys."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    return yaml.safe_dump({k: plain.get(k) for k in ("windows", "cnn3d", "effnet_gru", "prepare")}, sort_keys=True)
+def mirror(batch: dict) -> dict:
+    """TTA: the left-right mirror of every image tensor (a task puts the patient's left-right on the last axis)."""
+    return {k: (v.flip(-1) if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in batch.items()}
 
 
 class MemberLoadError(ConfigError):
@@ -180,11 +157,11 @@ def load_member(runs_dir: Path, run: str, weight: float, folds, device: torch.de
 def load_fold(fold: int, fold_dir: Path, device: torch.device) -> FoldModel:
     """One fold's model ready to predict; ConfigError naming the file when inference cannot use it."""
     model, cfg = load_fold_model(fold_dir, device)
-    task = member_task(cfg)
-    if task not in ADAPTERS:
-        raise ConfigError(f"{fold_dir}: model '{cfg['model']}' uses task '{task}', which inference cannot feed "
-                          f"(known: {', '.join(ADAPTERS)}); add an adapter in src/inference/adapters.py")
-    return FoldModel(fold, model, cfg, task)
+    try:
+        spec = input_spec(OmegaConf.to_container(cfg, resolve=True))
+    except ValueError as err:  # ConfigError included: a model without a task, a task without inference
+        raise ConfigError(f"{fold_dir}: {err}") from None
+    return FoldModel(fold, model, cfg, spec)
 
 
 def finite_probs(p: np.ndarray) -> bool:

@@ -1,20 +1,20 @@
 """test_images -> submission.csv: the whole of ``python infer.py`` (infer.py only parses and calls).
 
-For each study of test.csv, in its order: read the DICOM folder (src/inference/reading.py), localise
-the vertebrae if a member needs them (src/inference/localiser.py), run every fold model of every
-member (src/inference/members.py), combine the members with their weights in probability or logit
-space (src/ensembling/weights.py). Whatever goes wrong with one study costs only that study's
-prediction, never its rows: it falls back to the remaining members or the label prior, and the
-fallback is recorded (src/inference/fallbacks.py) and summarised at the end. The same holds before
-the loop: a member (or fold) whose best.pt cannot load is left out and the others predict; a row of
-test.csv that names no study gets a fallback value and is named (src/inference/test_csv.py). Only
-what leaves nothing to predict with, or no valid file to write, is an error, in one line. The
-submission is checked against test.csv before it is written, atomically.
+For each study of test.csv, in its order: read the DICOM folder and build the inputs that need no
+localisation, in worker processes ahead of the models (src/inference/studies.py, ``workers``);
+then, here, localise the vertebrae if a member needs them (src/inference/localiser.py), build the
+inputs that wait for that (src/inference/inputs.py), run every fold model of every member
+(src/inference/members.py), combine the members with their weights in probability or logit space
+(src/ensembling/weights.py). Nothing is written to disk but the submission. Whatever goes wrong with
+one study costs only that study's prediction, never its rows: it falls back to the remaining members
+or the label prior, and the fallback is recorded (src/inference/fallbacks.py) and summarised at the
+end. The same holds before the loop: a member (or fold) whose best.pt cannot load is left out and the
+others predict; a row of test.csv that names no study gets a fallback value and is named
+(src/inference/test_csv.py). Only what leaves nothing to predict with, or no valid file to write, is
+an error, in one line. The submission is checked against test.csv before it is written, atomically.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 import warnings
 from collections import defaultdict
@@ -24,15 +24,16 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ConfigError
-from ..data.dicom_reader import StudyReadError
 from ..ensembling.weights import combine as combine_members
 from ..paths import InvalidUID, _abs, check_uid
+from ..training.device import autocast_for, pick_device
 from .fallbacks import FallbackLog, one_line
+from .inputs import build_inputs
 from .localiser import Localiser, load_localiser
-from .members import Member, MemberLoadError, finite_probs, load_member, pick_device
+from .members import Member, MemberLoadError, finite_probs, load_member
 from .prior import label_prior
-from .reading import read_test_study, stage_study
 from .settings import resolve_members, resolve_test_data
+from .studies import ReadPlan, ReadStudy, StudyReader, read_study
 from .test_csv import build_submission, read_test_rows, study_order, write_submission
 
 
@@ -44,10 +45,10 @@ class Predictor:
     combine: str
     localiser: Localiser | None
     device: object
-    precision: str = "auto"
+    autocast: object  # the training side's (src/training/device.py autocast_for)
     tta: bool = False
     min_slices: int = 10
-    scratch_root: str | None = None  # where each study is staged as a one-study cache; None = the system temp
+    workers: int = 2   # reading processes ahead of the models; 0 = read in this process
     timings: dict = field(default_factory=lambda: defaultdict(float))  # seconds per stage, all studies
 
     @property
@@ -57,49 +58,58 @@ class Predictor:
             sizes.add(self.localiser.size)
         return sizes
 
-    def predict_study(self, uid: str, study_dir: Path, log: FallbackLog) -> np.ndarray | None:
-        """The ensemble's eight probabilities for one study, or None when only the prior is left."""
-        start = time.perf_counter()
-        try:
-            volumes, _ = read_test_study(study_dir, self.sizes, self.min_slices)
-        except StudyReadError as err:
-            log.add("unreadable", uid, str(err))
-            return None
-        except Exception as err:  # an odd file must cost this study, not the run
-            log.add("unreadable", uid, f"unexpected {one_line(err)}")
-            return None
-        finally:
-            self.timings["read"] += time.perf_counter() - start
-        skipped = next(iter(volumes.values()))[1].get("skipped_files", [])
-        if skipped:
-            log.add("slices", uid, f"{len(skipped)} unreadable slice(s) skipped ({', '.join(skipped[:3])}"
-                                   f"{', ...' if len(skipped) > 3 else ''})")
+    @property
+    def inputs(self) -> list:
+        """Every distinct input of every member's folds (src/inference/inputs.py)."""
+        return list({spec.key: spec for m in self.members for spec in m.inputs}.values())
 
+    @property
+    def plan(self) -> ReadPlan:
+        """What the reading processes do: read at every size, build every input that needs no localisation."""
+        return ReadPlan(tuple(sorted(self.sizes)), self.min_slices,
+                        tuple(s for s in self.inputs if not s.needs_localisation))
+
+    def read(self, jobs, announce=print):
+        """A ReadStudy per (uid, study folder) of ``jobs``, in order, read ahead in ``workers`` processes."""
+        return StudyReader(self.plan, self.workers, announce).read(jobs)
+
+    def predict_study(self, uid: str, study_dir: Path, log: FallbackLog) -> np.ndarray | None:
+        """One study read here and predicted (the benchmark's and a notebook's way in)."""
+        return self.predict_read(read_study(uid, study_dir, self.plan), log)
+
+    def predict_read(self, study: ReadStudy, log: FallbackLog) -> np.ndarray | None:
+        """The ensemble's eight probabilities for a read study, or None when only the prior is left."""
+        uid = study.uid
+        for stage, seconds in study.seconds.items():
+            self.timings[stage] += seconds
+        if study.problem is not None:
+            kind, detail = study.problem
+            log.add(kind, uid, detail)
+            return None
+        if study.skipped:
+            log.add("slices", uid, f"{len(study.skipped)} unreadable slice(s) skipped ({', '.join(study.skipped[:3])}"
+                                   f"{', ...' if len(study.skipped) > 3 else ''})")
+        late = [s for s in self.inputs if s.needs_localisation]
         localisation = None
-        if self.localiser is not None and any(m.needs_localisation for m in self.members):
+        if late and self.localiser is not None:
             start = time.perf_counter()
             try:
-                localisation = self.localiser.rows_for(uid, volumes)
+                localisation = self.localiser.rows_for(uid, study.volumes)
             except Exception as err:
                 log.add("localiser", uid, f"{one_line(err)}; vertebrae placed by an even split")
             self.timings["localise"] += time.perf_counter() - start
-
         start = time.perf_counter()
-        scratch = Path(tempfile.mkdtemp(prefix=f"infer-{uid}-", dir=self.scratch_root))
-        try:
-            staged = stage_study(volumes, uid, scratch)
-            del volumes  # the members read the staged copy; free the decoded study before the models run
-            self.timings["stage"] += time.perf_counter() - start
-            return self._combine_members(uid, staged, localisation, log)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        inputs = {**study.inputs, **build_inputs(late, study.volumes, localisation)}
+        study.volumes = None  # the inputs are built: free the decoded study before the models run
+        self.timings["inputs"] += time.perf_counter() - start
+        return self._combine_members(uid, inputs, log)
 
-    def _combine_members(self, uid: str, staged: dict, localisation, log: FallbackLog) -> np.ndarray | None:
+    def _combine_members(self, uid: str, inputs: dict, log: FallbackLog) -> np.ndarray | None:
         probs, weights = [], []
         for member in self.members:
             start = time.perf_counter()
             try:
-                p = member.predict(staged, uid, localisation, self.device, self.precision, self.tta)
+                p = member.predict(inputs, self.device, self.autocast, self.tta)
                 if not finite_probs(p):
                     raise ValueError(f"probabilities not finite or outside [0, 1]: {p}")
                 probs.append(p)
@@ -119,21 +129,25 @@ def load_predictor(cfg: dict, announce=print, log: FallbackLog | None = None) ->
     Called by run_inference and the inference benchmark. Fails before any study is read if a named
     run does not exist (listing the runs that do), or if no member at all can load. A member, a fold
     of one or a localiser fold whose best.pt cannot load is left out, announced and recorded in
-    ``log`` (kind ``left_out``), and the rest predict.
+    ``log`` (kind ``left_out``), and the rest predict. Device and autocast are chosen as the training
+    loop chooses them (src/training/device.py), so each fold runs as it was validated.
     """
     log = log if log is not None else FallbackLog()
-    device = pick_device(cfg["device"])
+    try:
+        device = pick_device(cfg)
+    except RuntimeError as err:  # device=cuda without one: a setting, so one line
+        raise ConfigError(str(err)) from None
     runs_dir = _abs(cfg["runs_dir"])
     specs, combine, source = resolve_members(cfg, announce)
     announce(f"[ensemble] weights from {source}; combine in {combine} space; device {device}; "
-             f"tta {'on (left-right mirror)' if cfg['tta'] else 'off'}")
+             f"tta {'on (left-right mirror)' if cfg['tta'] else 'off'}; {cfg['workers']} reading process(es)")
     members = load_members(specs, runs_dir, device, announce, log)
     localiser = None
     if any(m.needs_localisation for m in members):
         localiser = load_localiser(runs_dir, cfg["localizer"], device, cfg.get("localisation_table"), announce)
         record_left_out(log, localiser.run, localiser.left_out, whole=not localiser.models)
-    return Predictor(members, combine, localiser, device, cfg["precision"], bool(cfg["tta"]), int(cfg["min_slices"]),
-                     scratch_root(cfg.get("scratch_dir")))
+    return Predictor(members, combine, localiser, device, autocast_for(cfg, device), bool(cfg["tta"]),
+                     int(cfg["min_slices"]), int(cfg["workers"]))
 
 
 def load_members(specs, runs_dir: Path, device, announce, log: FallbackLog) -> list[Member]:
@@ -165,17 +179,6 @@ def record_left_out(log: FallbackLog, run: str, left_out: list[tuple[int, str]],
     elif left_out:
         for fold, reason in left_out:
             log.add("left_out", f"{run} fold {fold}", reason)
-
-
-def scratch_root(scratch_dir) -> str | None:
-    """Where studies are staged (None: the system temp); a folder that cannot be made is a setting error."""
-    if not scratch_dir:
-        return None
-    try:
-        _abs(scratch_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"scratch_dir={scratch_dir}: cannot create it ({err}); choose another folder or null") from None
-    return str(_abs(scratch_dir))
 
 
 def study_folders(image_root: Path, announce) -> set[str]:
@@ -215,30 +218,37 @@ def run_inference(cfg: dict, announce=print) -> dict:
     predictor = load_predictor(cfg, announce, log)
     announce(f"[data] {len(uids)} studies ({len(test)} rows) in {data_dir / 'test.csv'}; prior: {prior_source}")
 
-    predictions: dict[str, np.ndarray] = {}
+    predictions: dict[str, np.ndarray] = {uid: prior for uid in uids}
     limit = int(cfg["limit_studies"])
-    bar = tqdm(uids, unit="study", desc="infer", disable=not cfg["progress"], smoothing=0.1)
-    for index, uid in enumerate(bar):
-        prediction = None
+    jobs = []  # (test.csv's UID, its folder) of every study the models predict, in test.csv's order
+    for index, uid in enumerate(uids):
         try:
             safe_uid = check_uid(uid, source="test.csv")
         except InvalidUID as err:
             log.add("bad_uid", uid, str(err))
-            safe_uid = None
-        if safe_uid is None:
-            pass
-        elif limit > 0 and index >= limit:
+            continue
+        if limit > 0 and index >= limit:
             log.add("not_requested", uid, f"limit_studies={limit}")
         elif safe_uid not in folders:
             log.add("absent", uid, f"no folder {image_root / safe_uid}")
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # what matters is in the log; the bar stays readable
-                try:
-                    prediction = predictor.predict_study(safe_uid, image_root / safe_uid, log)
-                except Exception as err:  # e.g. the scratch disk is full: this study gets the prior, the run goes on
-                    log.add("error", uid, one_line(err))
-        predictions[uid] = prior if prediction is None else np.clip(prediction, 0.0, 1.0)
+            jobs.append((uid, image_root / safe_uid))
+    bar = tqdm(total=len(jobs), unit="study", desc="infer", disable=not cfg["progress"], smoothing=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what matters is in the log; the bar stays readable
+        started_wait = time.perf_counter()
+        reads = predictor.read([(folder.name, folder) for _, folder in jobs], announce)
+        for (uid, _), study in zip(jobs, reads):
+            predictor.timings["wait for reading"] += time.perf_counter() - started_wait
+            try:
+                prediction = predictor.predict_read(study, log)
+            except Exception as err:  # e.g. out of memory: this study gets the prior, the run goes on
+                log.add("error", uid, one_line(err))
+                prediction = None
+            if prediction is not None:
+                predictions[uid] = np.clip(prediction, 0.0, 1.0)
+            bar.update(1)
+            started_wait = time.perf_counter()
     bar.close()
 
     submission = build_submission(test, predictions, prior)

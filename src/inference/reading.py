@@ -1,11 +1,13 @@
 """One test study straight from its DICOM folder to the cache-format volume(s) the members were trained on.
 
-Called by the inference pipeline for every study test.csv names. Members are trained on the study cache
-(src.data.cache), whose in-plane size is their config's ``prepare.size``; reading a test study through
-the same function prepare uses (src.data.prepare.prepare_study) gives the same volume a training
-study would have had. When members were trained at different sizes, the study is decoded once at the
-original size and each slice resized with prepare's own resize, which is what prepare_study does
-slice by slice, so the volumes are the same as reading once per size, for one decode.
+Called for every study test.csv names by src/inference/studies.py, in a reading process; the volumes
+stay in memory, where the tasks build the models' inputs from them (src/inference/inputs.py). Members
+are trained on the study cache (src.data.cache), whose in-plane size is their config's
+``prepare.size``; reading a test study through the same function prepare uses
+(src.data.prepare.prepare_study) gives the same volume a training study would have had. When members
+were trained at different sizes, the study is decoded once at the original size and each slice
+resized with prepare's own resize, which is what prepare_study does slice by slice, so the volumes are
+the same as reading once per size, for one decode.
 """
 from __future__ import annotations
 
@@ -38,23 +40,3 @@ def read_test_study(study_dir: Path, sizes, min_slices: int = 10) -> tuple[dict[
                 volume = full if size <= 0 else np.stack([resize_slice(s, size) for s in full])
                 out[size] = (volume, dict(meta, shape=list(volume.shape)))
     return out, [str(w.message) for w in caught]
-
-
-TEST_SPLIT = "test_images"
-
-
-def stage_study(volumes: dict[int, tuple[np.ndarray, dict]], uid: str, root: Path) -> dict[int, Path]:
-    """Write the study into a scratch study cache per size (``<root>/size<k>/test_images/<uid>/``).
-
-    The members' datasets then read it exactly as they read a training study during validation:
-    their own ``__getitem__``, not a copy of it, so a change to a task's preprocessing reaches
-    inference without anyone remembering to mirror it. Costs one write of the volume per size.
-    """
-    from ..data.cache import write_study
-
-    out = {}
-    for size, (volume, meta) in volumes.items():
-        cache_dir = Path(root) / f"size{size}"
-        write_study(cache_dir, TEST_SPLIT, uid, volume, meta)
-        out[size] = cache_dir
-    return out

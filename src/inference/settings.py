@@ -49,6 +49,8 @@ def load_infer_config(argv: list[str] | None = None, path: Path = INFER_CONFIG) 
         raise ConfigError(f"device={cfg['device']!r}; expected auto, cpu or cuda")
     if cfg["precision"] not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"precision={cfg['precision']!r}; expected auto, bf16 or fp32")
+    if cfg["workers"] < 0:
+        raise ConfigError(f"workers={cfg['workers']}; expected the number of reading processes, 0 or more")
     return cfg
 
 

@@ -1,7 +1,7 @@
 """The 3D CNN baseline: a compact 3D ResNet on the whole study volume, eight fracture logits out.
 
-Registered as ``cnn3d``; trained through src/training with the "classify" task (src/tasks/volume.py),
-which feeds it the study resampled to ``cfg.cnn3d.shape`` with one channel per HU window. It sees no
+Registered as ``cnn3d``; trained and inferred with the "volume" task (src/tasks/volume.py), which feeds
+it the study resampled to ``cfg.cnn3d.shape`` with one channel per HU window. It sees no
 vertebra localisation, so it is the honest reference every localise-then-classify model must beat.
 Written here rather than taken from MONAI so that it needs nothing but torch.
 """
@@ -41,14 +41,15 @@ class ResidualBlock3d(nn.Module):
 class CNN3D(nn.Module):
     """Stem (stride 2 + max-pool), one stage per width (stride 2 after the first), global pooling, linear head."""
 
-    task = "classify"
+    task = "volume"
+    settings = "cnn3d"
     family = "cnn3d"
     needs_localisation = False
     smoke_overrides = ("cnn3d.shape=[8,16,16]", "cnn3d.widths=[4,8]", "cnn3d.blocks=1")
 
     def __init__(self, cfg):
         super().__init__()
-        c = cfg["cnn3d"]
+        c = cfg[self.settings]
         widths = list(c["widths"])
         in_ch = len(cfg["windows"])
         self.stem = nn.Sequential(

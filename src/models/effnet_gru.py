@@ -37,9 +37,9 @@ class PretrainedWeightsError(RuntimeError):
     """``pretrained=true`` but no weights can be found offline; the message says where to put them."""
 
 
-def input_channels(cfg) -> int:
+def input_channels(cfg, section: str = "effnet_gru") -> int:
     """Channels per slice image: every HU window for the slice itself and its neighbours either side."""
-    return len(cfg["windows"]) * (2 * int(cfg["effnet_gru"]["neighbours"]) + 1)
+    return len(cfg["windows"]) * (2 * int(cfg[section]["neighbours"]) + 1)
 
 
 def create_encoder(name: str, in_chans: int, pretrained: bool = False, pretrained_path: str | None = None,
@@ -113,6 +113,7 @@ class AttentionPool(nn.Module):
 @register_model("effnet_gru")
 class EffNetGRU(nn.Module):
     task = "vertebra"
+    settings = "effnet_gru"
     family = "effnet_gru"
     needs_localisation = True
     smoke_overrides = ("effnet_gru.encoder=test_efficientnet", "effnet_gru.n_slices=3", "effnet_gru.neighbours=0",
@@ -121,7 +122,7 @@ class EffNetGRU(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        c = cfg["effnet_gru"]
+        c = cfg[self.settings]
         if c["patient_head"] not in PATIENT_HEADS:
             raise _config_error(f"effnet_gru.patient_head={c['patient_head']!r}; expected one of {', '.join(PATIENT_HEADS)}")
         self.patient_head = c["patient_head"]
@@ -131,7 +132,7 @@ class EffNetGRU(nn.Module):
             raise _config_error("effnet_gru.patient_head=learned needs train_unit=study: single-vertebra items "
                                 "carry no patient_overall label to train that head on")
         try:
-            self.encoder = create_encoder(c["encoder"], input_channels(cfg), bool(cfg["pretrained"]),
+            self.encoder = create_encoder(c["encoder"], input_channels(cfg, self.settings), bool(cfg["pretrained"]),
                                           cfg["pretrained_path"], float(c.get("drop_path_rate", 0.0)))
         except PretrainedWeightsError as err:
             raise _config_error(str(err)) from err

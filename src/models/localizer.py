@@ -20,6 +20,7 @@ from .registry import register_model
 @register_model("localizer")
 class Localizer(nn.Module):
     task = "localize"
+    settings = "localizer"
     family = "localizer"
     needs_localisation = False
     smoke_overrides = ("localizer.shape=[16,16,16]", "localizer.channels=[4,8]", "localizer.res_units=0")
@@ -29,7 +30,7 @@ class Localizer(nn.Module):
         from monai.losses import DiceCELoss
         from monai.networks.nets import UNet
 
-        c = cfg["localizer"]
+        c = cfg[self.settings]
         channels = tuple(int(ch) for ch in c["channels"])
         if len(channels) < 2:
             raise ValueError(f"localizer.channels needs at least two widths, got {list(channels)}")

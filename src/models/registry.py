@@ -5,12 +5,16 @@ registered model promises (the loop relies on nothing else):
 
 - ``forward(batch: dict) -> dict`` with ``"logits"`` (for classifiers: (B, 8), columns in
   ``src.TARGETS`` order) and, when the batch holds ``"labels"``, a scalar ``"loss"``.
-- Class attributes, all optional:
-  ``task``               the task (src/tasks) whose datasets and evaluation it uses; None -> ``cfg.task``
-  ``family``             W&B tag and report label; default: the registry name
-  ``needs_localisation`` True if it trains on the per-vertebra table (src.localisation builds it first)
-  ``smoke_overrides``    ``key=value`` strings that shrink it for the CPU smoke test of its config
-                         (tests/test_configs.py), e.g. ``("effnet_gru.crop_size=32",)``
+- Class attributes that say what it is, so that no other file keeps a table of models:
+  ``task``               required: the task (src/tasks) whose datasets, evaluation and inference
+                         batches it uses (``vertebra``, ``volume``, ``localize``)
+  ``settings``           the config section it and its task read (``effnet_gru``: ``cfg.effnet_gru``);
+                         a new model's section is declared by its own config file (src/config.py)
+  ``needs_localisation`` True if its task crops by the per-vertebra table: training builds the table
+                         first (src/train.py), inference runs the localiser for it (src/inference)
+- Optional: ``family`` (W&B tag and report label; default: the registry name) and ``smoke_overrides``
+  (``key=value`` strings that shrink it for the CPU smoke test of its config, tests/test_configs.py,
+  e.g. ``("effnet_gru.crop_size=32",)``).
 
 A model lives in ``src/models/<module>.py``; the registry finds it by importing every module of this
 package the first time a name is unknown, so adding a model never means editing this file.
@@ -64,5 +68,30 @@ def model_family(cls: type) -> str:
     return getattr(cls, "family", None) or cls.registry_name
 
 
-def model_task(cls: type, cfg) -> str:
-    return getattr(cls, "task", None) or cfg["task"]
+def model_task(cls: type) -> str:
+    """The task a model class declares; a class without one cannot be trained or inferred."""
+    task = getattr(cls, "task", None)
+    if not task:
+        from ..config import ConfigError
+
+        raise ConfigError(f"model '{cls.registry_name}' ({cls.__module__}) declares no task; set the class "
+                          f"attribute task = '<name>' (src/models/registry.py)")
+    return task
+
+
+def needs_localisation(cfg) -> bool:
+    """Whether the model ``cfg.model`` names crops by the localisation table."""
+    return bool(getattr(get_model_class(cfg["model"]), "needs_localisation", False))
+
+
+def model_settings(cfg):
+    """The config section of the model ``cfg.model`` names (its class's ``settings``): what its task reads."""
+    cls = get_model_class(cfg["model"])
+    name = getattr(cls, "settings", None)
+    if not name or name not in cfg:
+        from ..config import ConfigError
+
+        raise ConfigError(f"model '{cfg['model']}' reads settings section {name!r}, which the config lacks"
+                          if name else f"model '{cfg['model']}' ({cls.__module__}) declares no settings section; "
+                          f"set the class attribute settings = '<section>' (src/models/registry.py)")
+    return cfg[name]

@@ -2,7 +2,8 @@
 task for everything data-shaped, and the model (src/models) for everything else, so neither a new model
 nor a new task touches the loop.
 
-Which task a run uses: the model class's ``task`` attribute if it sets one, else ``cfg.task``.
+Which task a run uses: the model class's ``task`` attribute (src/models/registry.py); the task reads
+the model's own settings section, which the class names in ``settings``.
 A task is a class registered with ``@register_task("name")`` in a module of this package and built as
 ``Task(cfg, data_dir, cache_dir, folds, announce=print)`` (``folds``: StudyInstanceUID, fold). It provides
 
@@ -19,10 +20,13 @@ A task is a class registered with ``@register_task("name")`` in a module of this
 - ``figures(metrics, oof, val_dataset, out_dir) -> {name: png path}``: end-of-run plots (may return {}).
 - optionally ``label_rates``: the training studies' label rates, handed to a model's
   ``init_label_prior(rates)`` if it has one.
+- for inference, the class method ``study_batch(cfg, volume, meta, localisation) -> batch``: one test
+  study's arrays as the one-item batch its validation loader would give (src/inference calls it).
 
-Registered here: ``classify`` (whole-volume classifiers, src/tasks/volume.py). The per-vertebra
-classifier subclasses :class:`src.tasks.classify.StudyClassificationTask` and overrides ``make_dataset``;
-the localiser registers ``localize`` with its own metrics (``dice``, ``slice_iou``; mode "max").
+Registered here: ``volume`` (whole-volume classifiers, src/tasks/volume.py) and ``vertebra``
+(per-vertebra crops, src/tasks/vertebra.py), both subclasses of
+:class:`src.tasks.study_task.StudyClassificationTask`, which say how a study becomes an item; the
+localiser registers ``localize`` with its own metrics (``dice``, ``slice_iou``; mode "max").
 """
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
 """The "vertebra" task: each study becomes seven stacks of cropped slices, one per vertebra C1..C7.
 
-Used by the EfficientNet + GRU classifier (src/models/effnet_gru.py) through the training loop, and by
-inference through :class:`VertebraDataset`. Where each vertebra is comes from the localisation table
+Used by the EfficientNet + GRU classifier (src/models/effnet_gru.py), or any crop classifier that declares
+``task = "vertebra"``, with the settings section its class names (``cfg.effnet_gru`` for that one).
+:class:`VertebraCrops` builds the stacks from a study's arrays; :class:`VertebraDataset` feeds it cached
+studies (training, validation) and :meth:`VertebraTask.study_batch` a test study read straight from
+DICOM (src/inference). Where each vertebra is comes from the localisation table
 (src.paths.localisation_path; columns in shared/SPEC.md): its slice range in the study's own DICOM
 numbers and its box in original slice pixels. For each vertebra, ``n_slices`` slices are sampled evenly
 over the range; each carries ``neighbours`` slices either side as extra channels (2.5D, a thin fracture
@@ -26,9 +29,10 @@ import torch.nn.functional as F
 from .. import TARGETS, VERTEBRAE
 from ..data.cache import load_study
 from ..data.windows import apply_windows
+from ..models.registry import model_settings
 from ..paths import localisation_path
 from . import register_task
-from .classify import SPLIT, StudyClassificationTask, sigmoid
+from .study_task import SPLIT, StudyClassificationTask, sigmoid
 
 AIR_HU = -1024  # what padding outside the scanned field stands for
 TABLE_COLUMNS = ["StudyInstanceUID", "vertebra", "slice_min", "slice_max", "x0", "y0", "x1", "y1"]
@@ -139,18 +143,14 @@ def fallback_plan(meta: dict, vertebra: str) -> tuple:
 
 # ---- the dataset ----
 
-class VertebraDataset(torch.utils.data.Dataset):
-    """One item per study: {"images": (7, N, C, S, S) float32 in [0, 1], "labels": (8,) when labelled}.
+class VertebraCrops:
+    """A study's arrays -> per vertebra (N, C, S, S) float32 in [0, 1]: ``n_slices`` crops sampled over its
+    range, ``C`` = (2 * neighbours + 1) x windows, neighbour-major; ``S`` = crop_size.
 
-    ``C`` = (2 * neighbours + 1) x windows, neighbour-major; ``S`` = crop_size.
+    ``train`` jitters the sampled slices and draws one augmentation per vertebra, from torch's RNG.
     """
 
-    def __init__(self, cache_dir: Path, study_uids, table: pd.DataFrame, settings: dict, windows,
-                 labels: np.ndarray | None = None, split: str = SPLIT, train: bool = False):
-        self.cache_dir = Path(cache_dir)
-        self.study_uids = [str(u) for u in study_uids]
-        self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
-        self.split = split
+    def __init__(self, settings, windows, train: bool = False):
         self.windows = [tuple(w) for w in windows]
         self.n_slices = int(settings["n_slices"])
         self.neighbours = int(settings["neighbours"])
@@ -158,19 +158,11 @@ class VertebraDataset(torch.utils.data.Dataset):
         self.crop_size = int(settings["crop_size"])
         self.margin = float(settings["margin"])
         self.train = train
-        self.plans = study_plans(table)
-        unplanned = [u for u in self.study_uids if len(self.plans.get(u, {})) < len(VERTEBRAE)]
-        if unplanned:
-            warnings.warn(f"{len(unplanned)} of {len(self.study_uids)} studies lack some localisation rows "
-                          f"(e.g. {unplanned[0]}); their missing vertebrae use an even split of the whole study")
         self.transform = None
         if train and float(settings.get("augment", 1.0)) > 0:
             from ..data.augment import build_slice_stack_transform
 
             self.transform = build_slice_stack_transform(float(settings.get("augment", 1.0)))
-
-    def __len__(self) -> int:
-        return len(self.study_uids)
 
     def vertebra_stack(self, volume: np.ndarray, meta: dict, plan: tuple) -> np.ndarray:
         """(N, C, S, S) float32 for one vertebra of a study."""
@@ -186,21 +178,45 @@ class VertebraDataset(torch.utils.data.Dataset):
         hu = crop_padded(np.asarray(volume[needed]), box)                 # (K, h, w), only the slices used
         channels = apply_windows(hu, self.windows)                         # (W, K, h, w)
         k, h, w = hu.shape
-        stack = channels.transpose(1, 0, 2, 3)[inverse.reshape(-1)]        # (N*(2k+1), W, h, w)
-        stack = resize_stack(stack.reshape(-1, h, w), self.crop_size)      # (N*(2k+1)*W, S, S)
+        size = self.crop_size
+        # each slice used is resized once, then the samples gathered: neighbours and a short range repeat slices
+        slices = resize_stack(channels.transpose(1, 0, 2, 3).reshape(-1, h, w), size).reshape(k, -1, size, size)
+        stack = slices[inverse.reshape(-1)].reshape(-1, size, size)         # (N*(2k+1)*W, S, S)
         if self.transform is not None:
             from ..data.augment import augment_stack
 
             stack = augment_stack(stack, self.transform)
-        return stack.reshape(self.n_slices, -1, self.crop_size, self.crop_size)
+        return stack.reshape(self.n_slices, -1, size, size)
+
+    def study_stacks(self, volume: np.ndarray, meta: dict, plans: dict[str, tuple], vertebrae=VERTEBRAE) -> np.ndarray:
+        """(len(vertebrae), N, C, S, S); a vertebra without a plan takes :func:`fallback_plan`."""
+        return np.stack([self.vertebra_stack(volume, meta, plans.get(v) or fallback_plan(meta, v)) for v in vertebrae])
+
+
+class VertebraDataset(torch.utils.data.Dataset):
+    """One item per cached study: {"images": (7, N, C, S, S) float32 in [0, 1], "labels": (8,) when labelled}."""
+
+    def __init__(self, cache_dir: Path, study_uids, table: pd.DataFrame, settings: dict, windows,
+                 labels: np.ndarray | None = None, split: str = SPLIT, train: bool = False):
+        self.cache_dir = Path(cache_dir)
+        self.study_uids = [str(u) for u in study_uids]
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
+        self.split = split
+        self.crops = VertebraCrops(settings, windows, train)
+        self.plans = study_plans(table)
+        unplanned = [u for u in self.study_uids if len(self.plans.get(u, {})) < len(VERTEBRAE)]
+        if unplanned:
+            warnings.warn(f"{len(unplanned)} of {len(self.study_uids)} studies lack some localisation rows "
+                          f"(e.g. {unplanned[0]}); their missing vertebrae use an even split of the whole study")
+
+    def __len__(self) -> int:
+        return len(self.study_uids)
 
     def stacks(self, index: int, vertebrae=VERTEBRAE) -> np.ndarray:
         """(len(vertebrae), N, C, S, S) for the study at ``index``."""
         uid = self.study_uids[index]
         study = load_study(self.cache_dir, self.split, uid, with_mask=False)
-        plans = self.plans.get(uid, {})
-        return np.stack([self.vertebra_stack(study.volume, study.meta, plans.get(v) or fallback_plan(study.meta, v))
-                         for v in vertebrae])
+        return self.crops.study_stacks(study.volume, study.meta, self.plans.get(uid, {}), vertebrae)
 
     def __getitem__(self, index: int) -> dict:
         item = {"images": torch.from_numpy(self.stacks(index))}
@@ -262,12 +278,21 @@ class VertebraTask(StudyClassificationTask):
         self.table = read_localisation(localisation_path(cfg, self.cache_dir))
 
     def make_dataset(self, frame: pd.DataFrame, train: bool):
-        settings = self.cfg["effnet_gru"]
+        settings = self.settings
         studies = VertebraDataset(self.cache_dir, frame["StudyInstanceUID"], self.table, settings,
                                   self.cfg["windows"], labels=frame[TARGETS].to_numpy(np.float32), train=train)
         if train and settings["train_unit"] == "vertebra":
             return VertebraSampleDataset(studies, float(settings["negatives_per_positive"]))
         return studies  # validation always predicts whole studies: one oof row each
+
+    @classmethod
+    def study_batch(cls, cfg, volume: np.ndarray, meta: dict, localisation: pd.DataFrame | None) -> dict:
+        """The validation item from the study's localisation rows; without them (or for a vertebra
+        without one) the task's own fallback, an even share of the study on the whole slice."""
+        rows = localisation if localisation is not None else pd.DataFrame(columns=TABLE_COLUMNS)
+        plans = next(iter(study_plans(rows).values()), {})  # the rows are this study's
+        stacks = VertebraCrops(model_settings(cfg), cfg["windows"]).study_stacks(volume, meta, plans)
+        return {"images": torch.from_numpy(stacks)[None]}
 
     def evaluate(self, outputs: dict, val_dataset) -> tuple[dict, pd.DataFrame]:
         """The shared metrics, plus the score patient_overall would get from each principled combination

@@ -1,10 +1,12 @@
-"""The "classify" task for whole-volume models (the 3D CNN): each study is one item, its cached HU volume
+"""The "volume" task for whole-volume models (the 3D CNN): each study is one item, its HU volume
 resampled to a fixed shape, one channel per HU window, with the eight labels.
 
-Resampling a 300-slice study on every epoch would dominate a CPU epoch, so each study is resampled once
-into a derived cache beside the study cache, ``<cache_dir>/resampled/<D>x<H>x<W>/train_images/<uid>.npy``
-(int16 HU, written atomically), before training starts. Windows and augmentation are applied per item.
-Reads ``cfg.cnn3d.shape`` and the ``cfg.cnn3d.aug_*`` keys.
+Resampling a 300-slice study on every epoch would dominate a CPU epoch, so for training and validation
+each cached study is resampled once into a derived cache beside the study cache,
+``<cache_dir>/resampled/<D>x<H>x<W>/train_images/<uid>.npy`` (int16 HU, written atomically), before
+training starts; inference resamples a test study in memory with the same function. Windows and
+augmentation are applied per item by :func:`volume_item`, for both. Reads the model's settings section
+(``cfg.cnn3d`` for the 3D CNN): ``shape`` and the ``aug_*`` keys.
 """
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ from .. import TARGETS
 from ..data.cache import load_study
 from ..data.windows import apply_windows
 from ..io_utils import atomic_path
+from ..models.registry import model_settings
 from ..paths import check_uid
 from . import register_task
-from .classify import SPLIT, StudyClassificationTask
+from .study_task import SPLIT, StudyClassificationTask
 
 
 def resample_volume(hu: np.ndarray, shape) -> np.ndarray:
@@ -54,8 +57,26 @@ def ensure_resampled(cache_dir: Path, uids, shape, split: str = SPLIT, announce=
     return folder
 
 
+def volume_item(hu: np.ndarray, windows, augment: dict | None = None) -> torch.Tensor:
+    """(C, D, H, W) float32, one channel per HU window, from HU already resampled to the model's shape.
+
+    ``augment`` (training: ``flip_lr``, ``hu_scale``, ``hu_shift``) draws from torch's RNG, so DataLoader
+    workers and resumed runs replay it. Called by VolumeDataset and by the task's inference batch.
+    """
+    hu = np.asarray(hu).astype(np.float32)
+    if augment:
+        # small scanner-like intensity change: HU scaled by 1 +- scale and shifted by +- shift HU
+        scale = 1 + augment["hu_scale"] * float(torch.randn(()))
+        shift = augment["hu_shift"] * float(torch.randn(()))
+        hu = hu * scale + shift
+    volume = torch.from_numpy(np.asarray(apply_windows(hu, [list(w) for w in windows]), dtype=np.float32))
+    if augment and torch.rand(()) < augment["flip_lr"]:
+        volume = volume.flip(-1)  # left-right mirror of the patient
+    return volume.contiguous()
+
+
 class VolumeDataset(torch.utils.data.Dataset):
-    """One item per study: {"volume": (C, D, H, W) float32, "labels": (8,) float32}."""
+    """One item per study from the resampled cache: {"volume": (C, D, H, W) float32, "labels": (8,) float32}."""
 
     def __init__(self, folder: Path, frame: pd.DataFrame, windows, augment: dict | None = None):
         self.folder = Path(folder)
@@ -68,28 +89,22 @@ class VolumeDataset(torch.utils.data.Dataset):
         return len(self.study_uids)
 
     def __getitem__(self, index: int) -> dict:
-        hu = np.load(self.folder / f"{self.study_uids[index]}.npy").astype(np.float32)
-        if self.augment:
-            hu = self.jitter(hu)
-        volume = torch.from_numpy(np.asarray(apply_windows(hu, self.windows), dtype=np.float32))
-        if self.augment and torch.rand(()) < self.augment["flip_lr"]:
-            # left-right mirror of the patient; torch's RNG, so workers and resumed runs replay it
-            volume = volume.flip(-1)
-        return {"volume": volume.contiguous(), "labels": torch.tensor(self.labels[index])}
-
-    def jitter(self, hu: np.ndarray) -> np.ndarray:
-        """Small scanner-like intensity change: HU scaled by 1 +- scale and shifted by +- shift HU."""
-        scale = 1 + self.augment["hu_scale"] * float(torch.randn(()))
-        shift = self.augment["hu_shift"] * float(torch.randn(()))
-        return hu * scale + shift
+        hu = np.load(self.folder / f"{self.study_uids[index]}.npy")
+        return {"volume": volume_item(hu, self.windows, self.augment), "labels": torch.tensor(self.labels[index])}
 
 
-@register_task("classify")
+@register_task("volume")
 class VolumeClassificationTask(StudyClassificationTask):
     def make_dataset(self, frame: pd.DataFrame, train: bool) -> VolumeDataset:
-        c = self.cfg["cnn3d"]
+        c = self.settings
         shape = list(c["shape"])
         folder = ensure_resampled(self.cache_dir, frame["StudyInstanceUID"], shape, announce=self.announce,
                                   progress=self.cfg["progress"])
         augment = {"flip_lr": c["aug_flip_lr"], "hu_scale": c["aug_hu_scale"], "hu_shift": c["aug_hu_shift"]} if train else None
         return VolumeDataset(folder, frame, self.cfg["windows"], augment)
+
+    @classmethod
+    def study_batch(cls, cfg, volume: np.ndarray, meta: dict, localisation: pd.DataFrame | None) -> dict:
+        """The validation item of a study not in the cache: resampled in memory, as ensure_resampled would."""
+        hu = resample_volume(volume, list(model_settings(cfg)["shape"]))
+        return {"volume": volume_item(hu, cfg["windows"])[None]}

@@ -1,8 +1,13 @@
-"""What every study-level fracture classifier shares: which studies train and validate on a fold, the
-label prior, the competition metric on validation and the out-of-fold table, and the end-of-run plots.
+"""What every study-level fracture classifier's task shares: which studies train and validate on a fold,
+the model's settings section, the label prior, the competition metric on validation and the
+out-of-fold table, and the end-of-run plots.
 
-Subclasses (src/tasks/volume.py; the per-vertebra classifier later) only say how a study becomes a
-training item, by overriding :meth:`StudyClassificationTask.make_dataset`.
+Subclasses (src/tasks/volume.py, src/tasks/vertebra.py) say how a study becomes an item, twice from one
+item builder: ``make_dataset(frame, train)`` for training and validation (studies read from the cache)
+and the class method ``study_batch(cfg, volume, meta, localisation)`` for inference (a test study's
+arrays, read straight from DICOM by src/inference: int16 HU (slices, size, size) at
+``cfg.prepare.size``, head first, meta as src.data.cache describes it, and the study's localisation
+rows or None), so a test study is fed exactly as a validation study.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from .. import TARGETS
 from ..data.cache import cached_uids
 from ..folds import read_labels
 from ..metric import summarize
+from ..models.registry import model_settings
 
 SPLIT = "train_images"
 
@@ -34,6 +40,7 @@ class StudyClassificationTask:
         self.data_dir = Path(data_dir)
         self.cache_dir = Path(cache_dir)
         self.announce = announce
+        self.settings = model_settings(cfg)  # the section the model declares (its class's ``settings``)
         labels = read_labels(data_dir).merge(folds[["StudyInstanceUID", "fold"]], on="StudyInstanceUID")
         cached = set(cached_uids(cache_dir, SPLIT))
         absent = labels.loc[~labels["StudyInstanceUID"].isin(cached), "StudyInstanceUID"]
