@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .config import load_config, run_main
+from .folds import FoldsError
 from .locks import Busy
 from .training.checkpoint import CheckpointError
 from .training.run_folder import RunFolderError
@@ -23,7 +24,7 @@ from .runs import run_dir
 
 # a finished run, an unfinished one with other settings, a training already in progress, a damaged
 # checkpoint (a localiser's, say): the user's to resolve, so one line rather than a traceback
-STOPS_WITH_A_SENTENCE = (RunFolderError, Busy, CheckpointError)
+STOPS_WITH_A_SENTENCE = (RunFolderError, Busy, CheckpointError, FoldsError)
 
 
 def ensure_cache(cfg, data_dir: Path, cache_dir: Path, announce=print) -> None:
