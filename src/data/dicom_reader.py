@@ -454,11 +454,6 @@ def find_study_files(study_dir: Path) -> tuple[list[Path], list[Path]]:
     return sorted(found, key=order), sorted(ignored)
 
 
-def study_files(study_dir: Path) -> list[Path]:
-    """The study's DICOM files (any name, one sub-folder level) sorted by slice number, non-numeric names last."""
-    return find_study_files(study_dir)[0]
-
-
 def _some_names(names: list[str], shown: int = 5) -> str:
     """``a, b, c`` or ``a, b, c, ... (40 in all)``: a warning names files without becoming a page long."""
     listed = ", ".join(names[:shown])
@@ -522,14 +517,16 @@ def _keep_one_image_set(study_dir: Path, slices: list[_Slice], skipped: dict[str
     A hospital export puts a scout (another size, a coronal plane) or a second reconstruction beside
     the axial series; stacking them would be wrong and refusing the study would lose it. Ranking:
     axial first, then CT (or no Modality), then the most slices, then the first in file order.
+    The decoded slices of every set are held until here (one pass over the files, not two); with
+    prepare's resize that is a few hundred KB a slice at most.
     """
     groups: dict[ImageSet, list[_Slice]] = {}
     for item in slices:
         groups.setdefault(item.image_set, []).append(item)
     if len(groups) <= 1:
         return slices
-    order = list(groups)
-    kept_set = max(order, key=lambda s: (s.axial, s.modality in ("CT", ""), len(groups[s]), -order.index(s)))
+    first_seen = {image_set: k for k, image_set in enumerate(groups)}  # file order breaks a tie
+    kept_set = max(groups, key=lambda s: (s.axial, s.modality in ("CT", ""), len(groups[s]), -first_seen[s]))
     kept = groups[kept_set]
     for image_set, group in groups.items():
         if image_set == kept_set:

@@ -324,8 +324,9 @@ def _check_arguments(data_dir: Path, splits: list[str], decoder: str, max_pixels
 
 
 def _make_split_folder(cache_dir: Path, split: str) -> None:
+    """Create ``<cache_dir>/<split>/.locks/`` up front, so an unwritable cache is one clear message, not a traceback."""
     try:
-        (cache_dir / split).mkdir(parents=True, exist_ok=True)
+        split_lock(cache_dir, split).parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise PrepareError(f"cannot create the cache folder {cache_dir / split} ({err.strerror}); "
                            f"set cache_dir= to a writable folder") from None
