@@ -177,6 +177,26 @@ def test_corrupt_slice_is_reported_in_the_summary(tiny_dataset, tmp_path):
     assert cached.mask is not None and cached.mask.shape == (11, 16, 16)
 
 
+def test_a_full_disk_is_not_recorded_as_an_unreadable_study(tiny_dataset, tmp_path, monkeypatch):
+    import errno
+
+    import src.data.prepare as prepare_module
+
+    data, _ = tiny_dataset
+    cache = tmp_path / "cache"
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prepare_module, "write_study", disk_full)
+    summary = prepare_dataset(data, cache, size=16, workers=1, min_slices=5, progress=False)
+    assert summary["done"] == 0 and [item["uid"] for item in summary["failed"]] == UIDS[:2]
+    assert list(json.loads((cache / "train_images" / SKIPPED_RECORD).read_text())) == [UIDS[2]]  # the bad one only
+    monkeypatch.undo()
+    assert missing_studies(data, cache, "train_images") == UIDS[:2]
+    assert prepare_dataset(data, cache, size=16, workers=1, min_slices=5, progress=False)["done"] == 2
+
+
 def run_cli(*args, timeout=300):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", "src.prepare", *args], cwd=REPO, capture_output=True, text=True,

@@ -168,12 +168,7 @@ def _prepare_and_write(job: dict, result: dict) -> None:
         return
     volume, meta, mask = prepare_study(Path(job["study_dir"]), job["size"], job["nii_path"],
                                        job["min_slices"], job["decoder"], job["max_pixels"])
-    try:
-        write_study(cache_dir, split, uid, volume, meta, mask)
-    except OSError as err:
-        # a full disk or a read-only cache is not the study's fault: reported, not recorded, retried next run
-        result.update(status="failed", reason=f"could not write it to {cache_dir / split}: {err}")
-        return
+    write_study(cache_dir, split, uid, volume, meta, mask)
     result.update(skipped_files=meta["skipped_files"], n_slices=meta["n_slices"], has_mask=meta["has_mask"])
 
 
@@ -181,7 +176,7 @@ def _prepare_one(job: dict) -> dict:
     """Prepare and cache one study under its lock; never raises for a bad study, returns what happened instead.
 
     ``status``: ``done``; ``skipped`` (the study cannot be used: recorded in skipped.json);
-    ``busy`` (another process holds its lock); ``already_cached``; ``failed`` (could not write).
+    ``busy`` (another process holds its lock); ``already_cached``; ``failed`` (an OSError: retried next run).
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     split, uid = job["split"], job["uid"]
@@ -197,6 +192,11 @@ def _prepare_one(job: dict) -> dict:
             result.update(status="busy", reason=BUSY)
         except StudyReadError as err:
             result.update(status="skipped", reason=str(err))
+        except OSError as err:
+            # a full disk, a read-only cache, a folder it may not list: not the study's fault, so it is
+            # reported and retried by the next run, not recorded as unreadable for good (slice read
+            # errors never get here: the reader turns them into skipped slices)
+            result.update(status="failed", reason=f"{type(err).__name__}: {err}")
         except Exception as err:  # a bug or an odd file must not stop the other 2000 studies
             result.update(status="skipped", reason=f"unexpected {type(err).__name__}: {err}")
     result["warnings"] = [str(w.message) for w in caught]
@@ -380,8 +380,8 @@ def prepare_dataset(data_dir: Path, cache_dir: Path, splits: Iterable[str] = ("t
 
     Summary keys: ``done`` (studies written now), ``already_cached``, ``skipped`` (list of
     ``{split, uid, reason}``: recorded in skipped.json), ``busy`` (``{split, uid, reason}`` left to
-    another process that holds their lock), ``failed`` (``{split, uid, reason}``: could not be
-    written; not recorded, retried next run), ``ignored_folders`` (paths of folders not named by a
+    another process that holds their lock), ``failed`` (``{split, uid, reason}``: an OSError such as
+    a full disk; not recorded, retried next run), ``ignored_folders`` (paths of folders not named by a
     UID), ``skipped_slices`` ({uid: [file names]}), ``n_skipped_slices``, ``slices`` (slices written
     now), ``masks``, ``seconds``, ``studies_per_s``, ``slices_per_s``, ``cpu_seconds`` (CPU spent on
     the studies, all workers), ``peak_worker_rss_mb``. ``uids`` restricts the work to those studies
@@ -491,6 +491,7 @@ def format_summary(summary: dict) -> str:
                      f"(not recorded as unreadable; run again once it is done to check):")
         lines += [f"  study {item['split']}/{item['uid']}: {BUSY}" for item in summary["busy"]]
     if summary.get("failed"):
-        lines.append(f"[prepare] could not write {len(summary['failed'])} studies (not recorded; the next run retries them):")
+        lines.append(f"[prepare] {len(summary['failed'])} studies failed on a file-system error (not recorded; "
+                     f"the next run retries them):")
         lines += [f"  study {item['split']}/{item['uid']}: {item['reason']}" for item in summary["failed"]]
     return "\n".join(lines)
