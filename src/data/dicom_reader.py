@@ -587,7 +587,7 @@ def read_study(study_dir: Path, min_slices: int = 10, decoder: str = "auto",
     slices = _read_slices(study_dir, files, decoder, max_pixels, slice_transform, skipped)
     unreadable = len(skipped)
     kept = _keep_one_image_set(study_dir, slices, skipped)
-    if len(kept) < min_slices:
+    if len(kept) < max(min_slices, 1):  # min_slices=0 still needs one slice to make a volume
         others = len(skipped) - unreadable
         raise StudyReadError(f"{study_dir}: only {len(kept)} readable slices (minimum {min_slices}; "
                              f"{unreadable} unreadable" + (f", {others} of other image sets" if others else "") + ")")
