@@ -218,6 +218,7 @@ def test_cli_with_short_keys_and_a_bad_key(tiny_dataset, tmp_path):
 
 
 def test_cli_user_errors_are_one_line_not_a_traceback(tiny_dataset, tmp_path, capsys):
+    from src.config import run_main
     from src.prepare import main
 
     data, _ = tiny_dataset
@@ -237,7 +238,7 @@ def test_cli_user_errors_are_one_line_not_a_traceback(tiny_dataset, tmp_path, ca
     for words, args in cases.items():
         capsys.readouterr()
         with pytest.raises(SystemExit) as stopped:
-            main(base + args)
+            run_main(main, base + args)  # as `python -m src.prepare` runs it
         err = capsys.readouterr().err.strip()
         assert stopped.value.code == 2, (args, err)
         assert len(err.splitlines()) == 1 and words in err, (args, err)
