@@ -146,7 +146,7 @@ EXPERIMENT_RULES: dict[str, Rule] = {
     "windows": Rule(min_length=1, each=Rule(test=_window_pair), example=[[0.0, 1.0]]),
     "n_folds": Rule(low=2), "fold": _COUNT0, "seed": _NON_NEGATIVE,  # fold < n_folds: _check_folds
     "experiment": Rule(plain_name=True),  # runs/<experiment>/
-    "dataset_kind": Rule(choices=("demo", "real")), "model": _TEXT,
+    "profile": Rule(choices=("auto", "real", "demo")), "model": _TEXT,
     "tags": Rule(example=[""]),
     "epochs": _COUNT, "batch_size": _COUNT, "lr": _POSITIVE, "weight_decay": _NON_NEGATIVE,
     "warmup_epochs": _NON_NEGATIVE, "grad_clip": _NON_NEGATIVE, "ema_decay": _DROPOUT, "num_workers": _COUNT0,
@@ -458,12 +458,16 @@ def load_config(argv: Iterable[str] | None = None, default_experiment: str = DEF
     from .paths import has_labels, is_synthetic
 
     # Real-data settings (512 px crops, big encoders) would take hours on the demo's 128 px studies on a
-    # CPU; an experiment's `on_demo:` section scales it down whenever the demo dataset stands in, or
-    # data_dir itself is a synthetic dataset.
-    demo = not has_labels(resolved["data_dir"]) or is_synthetic(resolved["data_dir"])
-    if demo and on_demo:
+    # CPU; an experiment's `on_demo:` section is the demo profile that scales it down. `profile=auto` picks
+    # it whenever the demo dataset stands in or data_dir is a synthetic dataset; `profile=demo` asks for it
+    # on any data (a small dataset of one's own), `profile=real` refuses it (the full model on the demo).
+    demo_data = not has_labels(resolved["data_dir"]) or is_synthetic(resolved["data_dir"])
+    requested = resolved.get("profile", "auto")
+    profile = ("demo" if demo_data else "real") if requested == "auto" else requested
+    if profile == "demo" and on_demo:
         resolved = apply_overrides(_deep_update(data, on_demo), rest, types=types, rules=EXPERIMENT_RULES)
-    resolved["dataset_kind"] = "demo" if demo else "real"
+    resolved["profile"] = profile
+    resolved["dataset_kind"] = "demo" if demo_data else "real"  # what the data is (W&B tag); not a setting
     _check_folds(resolved)
     cfg = OmegaConf.create(resolved)
     OmegaConf.set_readonly(cfg, True)

@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from .config import ConfigError, parse_overrides, run_main
 from .io_utils import atomic_write_json
-from .paths import _abs, resolve_data_dir
+from .paths import _abs
+from .runs import RunNotFoundError, ensemble_path, read_run_config, run_labels, select_folds
 
 DEFAULTS = {
     "runs": "",             # a,b or [a,b]; empty -> the members of configs/infer.yaml
@@ -41,24 +41,19 @@ def labels_for(runs_dir: Path, run: str, truth: str) -> Path:
     """The labels to fit on: ``truth=`` when given, else train.csv of the data the run was trained on."""
     if truth:
         return _abs(truth)
-    from .inference.runs import select_folds
-
     fold_dir = next(iter(select_folds(runs_dir, run, "all", needs="oof.csv").values()))
-    path = fold_dir / "config.yaml"
-    config = yaml.safe_load(path.read_text()) if path.exists() else None
-    if not isinstance(config, dict) or "data_dir" not in config:
-        raise ConfigError(f"{path}: cannot tell which data {run} was trained on; pass truth=<train.csv>")
     try:
-        return resolve_data_dir(config, generate=False, announce=lambda *_: None) / "train.csv"
-    except (KeyError, FileNotFoundError) as err:
-        raise ConfigError(f"labels for {run} not found ({err}); pass truth=<train.csv>") from err
+        return run_labels(read_run_config(fold_dir))
+    except KeyError:
+        raise ConfigError(f"{fold_dir / 'config.yaml'}: cannot tell which data {run} was trained on; "
+                          f"pass truth=<train.csv>") from None
+    except FileNotFoundError as err:
+        raise ConfigError(f"labels for {run} not found ({err}); pass truth=<train.csv>") from None
 
 
 def main(argv: list[str]) -> dict:
     from .ensembling.fit import fit_ensemble, format_report
     from .ensembling.oof import align_members
-    from .inference.runs import RunNotFoundError
-
     args = parse_overrides(argv, DEFAULTS)
     if args["combine"] not in ("auto", "prob", "logit"):
         raise ConfigError(f"combine={args['combine']!r}; expected auto, prob or logit")
@@ -75,7 +70,7 @@ def main(argv: list[str]) -> dict:
         raise ConfigError(str(err)) from None
     result = fit_ensemble(aligned, args["combine"], args["inner_folds"], args["seed"])
     result["truth"] = str(truth)
-    output = _abs(args["output"]) if args["output"] else runs_dir / "ensemble.json"
+    output = _abs(args["output"]) if args["output"] else ensemble_path(runs_dir)
     atomic_write_json(output, result)
     print(format_report(result))
     print(f"[ensemble] wrote {output}")

@@ -5,19 +5,23 @@
     python -m src.prepare config=cnn3d prepare.splits=[train_images,test_images]
 
 train.sh runs it when :func:`src.data.prepare.missing_studies` says the cache lacks studies.
-``size``, ``workers``, ``min_slices``, ``splits`` and ``decoder`` are short for ``prepare.<key>``;
-every other key is a normal config override (configs/default.yaml). Interrupt it at any time: the
-next run skips finished studies and redoes the rest.
+``size``, ``workers``, ``min_slices``, ``splits``, ``decoder`` and ``max_pixels`` are short for
+``prepare.<key>``; every other key is a normal config override (configs/default.yaml). Interrupt it
+at any time: the next run skips finished studies and redoes the rest. Two runs on one cache at once
+are safe (each study is locked while it is prepared). A setting that cannot work (a data_dir that
+does not exist, an unknown decoder, a cache built at another size) stops it with one line and exit
+code 2, as a config error does.
 """
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from .config import CONFIG_DIR, DEFAULT_EXPERIMENT, load_config, run_main
-from .data.prepare import format_summary, prepare_dataset
+from .config import CONFIG_DIR, DEFAULT_EXPERIMENT, load_config, run_main, split_args
+from .data.prepare import PrepareError, format_summary, prepare_dataset
 from .paths import resolve_cache_dir, resolve_data_dir
 
-SHORT_KEYS = ("size", "workers", "min_slices", "splits", "decoder")
+SHORT_KEYS = ("size", "workers", "min_slices", "splits", "decoder", "max_pixels")
 
 
 def expand_short_keys(argv: list[str]) -> list[str]:
@@ -30,18 +34,42 @@ def expand_short_keys(argv: list[str]) -> list[str]:
     return expanded
 
 
+def check_given_data_dir(argv: list[str], cfg) -> None:
+    """Refuse a data_dir given on the command line that does not exist.
+
+    Without a train.csv in data_dir the demo dataset stands in (src.paths.resolve_data_dir): right
+    for the default folder, but a misspelt ``data_dir=/data/rsna`` would then quietly prepare (and
+    first generate) the demo data instead of saying what is wrong.
+    """
+    if any(key == "data_dir" for key, _ in split_args(argv)):
+        folder = Path(cfg.data_dir).expanduser().resolve()
+        if not folder.is_dir():
+            raise PrepareError(f"data_dir {folder} does not exist; give the folder that holds train_images/ "
+                               f"(or leave data_dir out to use the demo dataset)")
+
+
 def main(argv: list[str]) -> dict:
     # the default experiment file may not exist in a partial checkout; default.yaml has every key
     experiment = DEFAULT_EXPERIMENT if (CONFIG_DIR / f"{DEFAULT_EXPERIMENT}.yaml").exists() else "default"
-    cfg = load_config(expand_short_keys(list(argv)), default_experiment=experiment)
-    data_dir = resolve_data_dir(cfg)
-    cache_dir = resolve_cache_dir(cfg, data_dir)
-    settings = cfg.prepare
-    print(f"[prepare] {data_dir} -> {cache_dir} (size {settings.size}, {settings.workers} workers, "
-          f"splits {list(settings.splits)})", flush=True)
-    summary = prepare_dataset(data_dir, cache_dir, splits=list(settings.splits), size=int(settings.size),
-                              workers=int(settings.workers), min_slices=int(settings.min_slices),
-                              progress=bool(cfg.progress), decoder=str(settings.decoder))
+    argv = expand_short_keys(list(argv))
+    cfg = load_config(argv, default_experiment=experiment)
+    try:
+        check_given_data_dir(argv, cfg)
+        data_dir = resolve_data_dir(cfg)
+        cache_dir = resolve_cache_dir(cfg, data_dir)
+        settings = cfg.prepare
+        print(f"[prepare] {data_dir} -> {cache_dir} (size {settings.size}, {settings.workers} workers, "
+              f"splits {list(settings.splits)})", flush=True)
+        summary = prepare_dataset(data_dir, cache_dir, splits=list(settings.splits), size=int(settings.size),
+                                  workers=int(settings.workers), min_slices=int(settings.min_slices),
+                                  progress=bool(cfg.progress), decoder=str(settings.decoder),
+                                  max_pixels=int(settings.max_pixels))
+    except PrepareError as err:
+        print(f"[prepare] {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("[prepare] interrupted; finished studies are kept, the next run does the rest", file=sys.stderr)
+        raise SystemExit(130) from None
     print(format_summary(summary), flush=True)
     return summary
 

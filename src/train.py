@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .config import load_config, run_main
+from .folds import FoldsError
 from .locks import Busy
 from .training.checkpoint import CheckpointError
 from .training.run_folder import RunFolderError
@@ -23,12 +24,14 @@ from .runs import run_dir
 
 # a finished run, an unfinished one with other settings, a training already in progress, a damaged
 # checkpoint (a localiser's, say): the user's to resolve, so one line rather than a traceback
-STOPS_WITH_A_SENTENCE = (RunFolderError, Busy, CheckpointError)
+STOPS_WITH_A_SENTENCE = (RunFolderError, Busy, CheckpointError, FoldsError)
 
 
 def ensure_cache(cfg, data_dir: Path, cache_dir: Path, announce=print) -> None:
     """Prepare the studies of train_images that the cache lacks (all of them on a first run)."""
+    from .data.cache import study_lock
     from .data.prepare import missing_studies, prepare_dataset
+    from .locks import exclusive
 
     missing = missing_studies(data_dir, cache_dir, "train_images")
     if not missing:
@@ -36,8 +39,17 @@ def ensure_cache(cfg, data_dir: Path, cache_dir: Path, announce=print) -> None:
         return
     p = cfg["prepare"]
     announce(f"[cache] {len(missing)} studies missing in {cache_dir}, preparing them (size {p['size']}, {p['workers']} workers)")
-    prepare_dataset(data_dir, cache_dir, splits=("train_images",), size=p["size"], workers=p["workers"],
-                    min_slices=p["min_slices"], progress=cfg["progress"], uids=missing)
+    summary = prepare_dataset(data_dir, cache_dir, splits=("train_images",), size=p["size"], workers=p["workers"],
+                              min_slices=p["min_slices"], progress=cfg["progress"], uids=missing,
+                              max_pixels=p["max_pixels"])
+    busy = [item["uid"] for item in summary.get("busy", [])]
+    if busy:
+        # another command is preparing them right now: training on a cache without them would silently
+        # drop those studies, so wait for each one's lock (released when it is written or given up)
+        announce(f"[cache] {len(busy)} studies are being prepared by another process: waiting for them")
+        for uid in busy:
+            with exclusive(study_lock(cache_dir, "train_images", uid), f"cached study {uid}", wait=True):
+                pass
 
 
 def main(argv: list[str]) -> dict:
@@ -78,7 +90,8 @@ def _build_and_train(cfg, distributed) -> dict:
             ensure_localisation(cfg, data_dir, cache_dir)
     task = task_cls(cfg, data_dir, cache_dir, folds)
     folder = run_dir(cfg)
-    print(f"[run] {folder} ({cfg['experiment']}: model {cfg['model']}, task {task_cls.registry_name}, {dataset_kind} data)")
+    print(f"[run] {folder} ({cfg['experiment']}: model {cfg['model']}, task {task_cls.registry_name}, {dataset_kind} data, "
+          f"{cfg['profile']} profile)")
     try:
         return fit(cfg, task, folder, dataset_kind=dataset_kind)
     except TrainingStopped as err:

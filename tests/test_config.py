@@ -10,7 +10,7 @@ def write(tmp_path, name, text):
 
 @pytest.fixture
 def configs(tmp_path):
-    write(tmp_path, "default", "data_dir: nowhere\nfold: 0\nlr: 0.001\nname: x\nopt: null\n"
+    write(tmp_path, "default", "data_dir: nowhere\nprofile: auto\nfold: 0\nlr: 0.001\nname: x\nopt: null\n"
                                "model: {width: 8, layers: [1, 2]}\nflag: false\n")
     write(tmp_path, "small", "inherit: default\nmodel: {width: 4}\non_demo: {lr: 0.01}\n")
     write(tmp_path, "smaller", "inherit: small\nfold: 2\n")
@@ -259,3 +259,24 @@ def test_tools_refuse_null_and_interpolation_but_keep_their_records():
     assert parse_overrides(["members=[a, b]", "scratch=/tmp/s"], defaults)["members"] == ["a", "b"]
     assert parse_overrides(["out=42"], defaults)["out"] == "42"  # a text key takes the text as written
     assert "'out'" in one_line_error(parse_overrides, ["out=null"], defaults)  # but null is no text
+
+
+def test_profile_forces_either_settings_whatever_the_data(configs, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "train.csv").write_text("StudyInstanceUID\n")
+    # the demo profile on real data: a small dataset of one's own, trained with the CPU-sized settings
+    small = load_config(["config=small", f"data_dir={real}", "profile=demo"], config_dir=configs)
+    assert small.lr == 0.01 and small.profile == "demo" and small.dataset_kind == "real"
+    # the real profile on the demo: the full model on synthetic data (a GPU owner trying it)
+    full = load_config(["config=small", "profile=real"], config_dir=configs)
+    assert full.lr == 0.001 and full.profile == "real" and full.dataset_kind == "demo"
+    assert load_config(["config=small"], config_dir=configs).profile == "demo"  # auto resolves, and says which
+
+
+def test_profile_is_a_checked_key_of_the_real_defaults_and_dataset_kind_is_not_settable():
+    assert load_config(["profile=real"]).profile == "real"
+    with pytest.raises(ConfigError, match="profile"):
+        load_config(["profile=gpu"])
+    with pytest.raises(ConfigError, match="unknown config key 'dataset_kind'"):
+        load_config(["dataset_kind=real"])

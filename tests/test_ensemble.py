@@ -97,6 +97,7 @@ def write_run(runs_dir, name, probs, uids, folds, data_dir):
         frame.insert(0, "StudyInstanceUID", [uids[i] for i in keep])
         frame.to_csv(d / "oof.csv", index=False)
         (d / "config.yaml").write_text(yaml.safe_dump({"data_dir": str(data_dir), "demo": {"dir": str(data_dir)}}))
+        (d / "metrics.json").write_text("{}")  # finished, as the training loop leaves a run
 
 
 @pytest.fixture
@@ -134,6 +135,21 @@ def test_cli_writes_the_file_infer_reads(oof_runs, capsys):
     notes = []
     members, space, _ = resolve_members(other, announce=notes.append)
     assert [m.weight for m in members] == [1.0] and space == "prob" and "fitted for" in notes[0]
+
+
+def test_an_unfinished_fold_is_not_fitted_on(oof_runs):
+    from src.ensemble import main
+
+    (oof_runs / "good" / "fold1" / "metrics.json").unlink()  # fold 1 of "good" was interrupted
+    result = main([f"runs_dir={oof_runs}", "runs=good,useless"])
+    assert result["n_studies"] < 140  # its studies are not used ...
+    with pytest.raises(ConfigError, match="not finished"):  # ... and asking for it by name says why
+        from src.runs import select_folds
+
+        try:
+            select_folds(oof_runs, "good", [1], needs="oof.csv")
+        except FileNotFoundError as err:
+            raise ConfigError(str(err)) from None
 
 
 def test_cli_missing_run_lists_the_existing_ones(oof_runs):

@@ -86,7 +86,6 @@ def test_a_row_whose_columns_disagree_is_predicted_as_its_row_id_says(hostile):
     assert value != pytest.approx(predictions[GOOD_A][COLUMN["C5"]])
 
 
-@pytest.mark.xfail(strict=True, reason="needs the reader fix of branch i16-data")
 @pytest.mark.parametrize("uid", list(READER_CASES.values()), ids=list(READER_CASES))
 def test_studies_the_reader_should_handle_are_predicted(hostile, uid):
     """After the reader fix these read as usual; a skipped scout may be noted (``slices``), nothing more."""
@@ -96,8 +95,8 @@ def test_studies_the_reader_should_handle_are_predicted(hostile, uid):
 
 
 def test_the_reader_cases_hold_a_good_study_in_another_layout(hostile, tmp_path):
-    """What the xfail above waits for is the reader, not a broken fixture: put back in the usual layout
-    (<study>/<n>.dcm, one size), each reader case reads as a whole 14-slice study."""
+    """The reader cases are good studies in an unusual layout, not broken fixtures: put back in the usual
+    layout (<study>/<n>.dcm, one size), each reads as a whole 14-slice study."""
     from src.data.dicom_reader import read_study
 
     images = hostile["data_dir"] / "test_images"

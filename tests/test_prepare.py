@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from src.data.cache import cached_uids, is_cached, load_study
+from src.data.dicom_reader import StudyReadError
 from src.data.prepare import (SKIPPED_RECORD, missing_studies, prepare_dataset, prepare_study, resize_mask_nearest,
                               resize_slice)
 from src.paths import InvalidUID
@@ -122,11 +123,39 @@ def test_uids_must_be_valid(tiny_dataset, tmp_path):
     data, _ = tiny_dataset
     with pytest.raises(InvalidUID, match="not a valid DICOM UID"):
         prepare_dataset(data, tmp_path / "cache", uids=["../../etc"], progress=False)
-    (data / "train_images" / "evil..name").mkdir()
-    with pytest.raises(InvalidUID, match="evil"):
-        prepare_dataset(data, tmp_path / "cache", workers=1, progress=False)
-    with pytest.raises(InvalidUID):
-        missing_studies(data, tmp_path / "cache", "train_images")
+
+
+def test_stray_folders_are_named_in_one_line_and_passed_over(tiny_dataset, tmp_path, capsys):
+    # a zip unpacked on a Mac, a folder made by hand: they used to stop src.prepare with a traceback
+    data, _ = tiny_dataset
+    for name in ("__MACOSX", "evil..name", "New Folder"):
+        (data / "train_images" / name).mkdir()
+    (data / "train_images" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    cache = tmp_path / "cache"
+    summary = prepare_dataset(data, cache, size=16, workers=1, min_slices=5, progress=False)
+    assert summary["done"] == 2
+    lines = [line for line in capsys.readouterr().out.splitlines() if "__MACOSX" in line]
+    assert len(lines) == 1 and "evil..name" in lines[0] and "New Folder" in lines[0] and ".DS_Store" not in lines[0]
+    assert missing_studies(data, cache, "train_images") == []
+    assert sorted(p.name for p in (cache / "train_images").iterdir() if not p.name.startswith(".")) == \
+        sorted(UIDS[:2] + [SKIPPED_RECORD])
+
+
+def test_the_pixel_bound_reaches_the_reader(tiny_dataset, tmp_path):
+    import pydicom
+
+    data, _ = tiny_dataset
+    victim = data / "train_images" / UIDS[0] / "4.dcm"
+    ds = pydicom.dcmread(victim)
+    ds.Rows = ds.Columns = 300  # 90,000 pixels declared over 32 x 32 of data
+    ds.save_as(victim)
+    summary = prepare_dataset(data, tmp_path / "cache", size=16, workers=1, min_slices=5, progress=False,
+                              max_pixels=250 * 250)
+    assert summary["skipped_slices"] == {UIDS[0]: ["4.dcm"]}
+    meta = load_study(tmp_path / "cache", "train_images", UIDS[0]).meta
+    assert "bound of 62500" in meta["skipped_reasons"]["4.dcm"]
+    with pytest.raises(StudyReadError, match="only 0 readable slices"), pytest.warns(UserWarning, match="bound of 1023"):
+        prepare_study(data / "train_images" / UIDS[1], 16, min_slices=5, max_pixels=ROWS * COLS - 1)
 
 
 def test_only_requested_uids(tiny_dataset, tmp_path):
@@ -148,6 +177,26 @@ def test_corrupt_slice_is_reported_in_the_summary(tiny_dataset, tmp_path):
     assert cached.mask is not None and cached.mask.shape == (11, 16, 16)
 
 
+def test_a_full_disk_is_not_recorded_as_an_unreadable_study(tiny_dataset, tmp_path, monkeypatch):
+    import errno
+
+    import src.data.prepare as prepare_module
+
+    data, _ = tiny_dataset
+    cache = tmp_path / "cache"
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prepare_module, "write_study", disk_full)
+    summary = prepare_dataset(data, cache, size=16, workers=1, min_slices=5, progress=False)
+    assert summary["done"] == 0 and [item["uid"] for item in summary["failed"]] == UIDS[:2]
+    assert list(json.loads((cache / "train_images" / SKIPPED_RECORD).read_text())) == [UIDS[2]]  # the bad one only
+    monkeypatch.undo()
+    assert missing_studies(data, cache, "train_images") == UIDS[:2]
+    assert prepare_dataset(data, cache, size=16, workers=1, min_slices=5, progress=False)["done"] == 2
+
+
 def run_cli(*args, timeout=300):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", "src.prepare", *args], cwd=REPO, capture_output=True, text=True,
@@ -157,13 +206,44 @@ def run_cli(*args, timeout=300):
 def test_cli_with_short_keys_and_a_bad_key(tiny_dataset, tmp_path):
     data, _ = tiny_dataset
     (data / "train.csv").write_text("StudyInstanceUID,patient_overall\n")  # so the real-data path is taken
+    (data / "train_images" / "__MACOSX").mkdir()
     cache = tmp_path / "cache"
     done = run_cli(f"data_dir={data}", f"cache_dir={cache}", "workers=1", "size=16", "min_slices=5", "progress=false")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "cached 2 studies" in done.stdout and UIDS[2] in done.stdout
+    assert "__MACOSX" in done.stdout and "Traceback" not in done.stderr
     assert is_cached(cache, "train_images", UIDS[0])
     wrong = run_cli(f"data_dir={data}", f"cache_dir={cache}", "wokers=1")
     assert wrong.returncode == 2 and "wokers" in wrong.stderr
+
+
+def test_cli_user_errors_are_one_line_not_a_traceback(tiny_dataset, tmp_path, capsys):
+    from src.config import run_main
+    from src.prepare import main
+
+    data, _ = tiny_dataset
+    (data / "train.csv").write_text("StudyInstanceUID,patient_overall\n")
+    cache = tmp_path / "cache"
+    # a stand-in demo folder, so that a regression to "no data_dir: generate the demo" stays small and in tmp
+    demo = [f"demo.dir={tmp_path / 'demo'}", "demo.n_train=2", "demo.n_test=0"]
+    base = [f"cache_dir={cache}", "workers=1", "min_slices=5", "progress=false", *demo]
+    assert main([f"data_dir={data}", "size=16", *base])["done"] == 2
+    cases = {
+        "does not exist": [f"data_dir={tmp_path / 'nowhere'}", "size=16"],
+        # an unknown decoder used to fail every study, and record each in skipped.json for good
+        "decoder": [f"data_dir={data}", "size=16", "decoder=gdcm", f"cache_dir={tmp_path / 'fresh'}"],
+        "max_pixels": [f"data_dir={data}", "size=16", "max_pixels=0"],
+        "size 16": [f"data_dir={data}", "size=32"],  # the cache holds size 16 already
+    }
+    for words, args in cases.items():
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stopped:
+            run_main(main, base + args)  # as `python -m src.prepare` runs it
+        err = capsys.readouterr().err.strip()
+        assert stopped.value.code == 2, (args, err)
+        assert len(err.splitlines()) == 1 and words in err, (args, err)
+    assert not (tmp_path / "demo").exists() and not list((tmp_path / "fresh").rglob(SKIPPED_RECORD))
+    assert list(json.loads((cache / "train_images" / SKIPPED_RECORD).read_text())) == [UIDS[2]]
 
 
 @pytest.mark.slow
@@ -205,7 +285,7 @@ def test_killed_prepare_then_rerun_leaves_every_study_complete(tmp_path, workers
     done = run_cli(*args)
     assert done.returncode == 0, done.stderr[-2000:]
     assert cached_uids(cache, "train_images") == sorted(expected)
-    assert not [p for p in (cache / "train_images").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (cache / "train_images").iterdir() if p.name.startswith(".") and p.name != ".locks"]
     for uid, hu in expected.items():
         cached = load_study(cache, "train_images", uid, mmap=False)
         assert np.array_equal(cached.volume, hu), uid

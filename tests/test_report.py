@@ -216,11 +216,16 @@ def test_localiser_runs_get_their_own_table(fake):
 def test_ensemble_cv_is_read_when_fitted(fake):
     _, text = make_report(fake["runs"], plots=False)
     assert "not fitted" in text
-    (fake["runs"] / "ensemble.json").write_text(json.dumps({"members": ["effnet_gru", "cnn3d"],
-                                                            "nested_cv": {"score": 0.31234, "per_fold": [0.3, 0.32]}}))
+    fitted = {"members": ["effnet_gru", "cnn3d"], "weights": [0.7, 0.3], "combine": "logit",
+              "nested_cv": {"score": 0.31234, "prob": 0.32, "logit": 0.31234},
+              "spaces": {"logit": {"nested_per_fold": {"0": 0.3, "1": 0.32}}}}
+    (fake["runs"] / "ensemble.json").write_text(json.dumps(fitted))
     report, text = make_report(fake["runs"], plots=False)
     assert report.ensemble.score == pytest.approx(0.31234)
-    assert "**0.3123**" in text and "not fitted" not in text
+    assert "**0.3123**" in text and "not fitted" not in text and "fold1 0.3200" in text
+    (fake["runs"] / "ensemble.json").write_text(json.dumps({"nested_cv": 0.3}))  # not what src.ensemble writes
+    report, text = make_report(fake["runs"], plots=False)
+    assert report.ensemble.score is None and "unusable" in text
 
 
 def test_experiments_on_different_folds_are_flagged(fake):

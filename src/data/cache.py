@@ -17,7 +17,13 @@ meta.json keys: ``uid``, ``n_slices``, ``slice_numbers`` (the study's own DICOM 
 volume order), ``z`` (ImagePositionPatient z per volume slice, descending = head first),
 ``pixel_spacing`` ([row, col] mm in the original slice), ``original_shape`` ([rows, cols]),
 ``shape`` ([slices, H, W] as cached), ``slice_spacing`` (mm between volume slices),
-``skipped_files`` (unreadable slices), ``has_mask``.
+``skipped_files`` (files of the study folder left out: unreadable, or not the kept series),
+``skipped_reasons`` ({file: why}; only present when something was skipped), ``has_mask``.
+
+Beside the study folders, ``<split>/.locks/`` holds the lock files (src/locks.py) that keep two
+prepare runs off each other's work: ``<uid>.lock`` while a study is prepared and written,
+``split.lock`` while the split's own files (skipped.json) are rewritten. Lock files are never
+deleted (that would race with the next taker); a dot-folder, so nothing takes it for a study.
 """
 from __future__ import annotations
 
@@ -30,11 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..paths import check_uid
+from ..locks import Busy, exclusive
+from ..paths import InvalidUID, check_uid
 
 VOLUME = "volume.npy"
 MASK = "mask.npy"
 META = "meta.json"
+LOCKS = ".locks"
 
 
 @dataclass
@@ -51,6 +59,19 @@ class CachedStudy:
 
 def study_dir(cache_dir: Path, split: str, uid: str) -> Path:
     return Path(cache_dir) / split / check_uid(uid)
+
+
+def study_lock(cache_dir: Path, split: str, uid: str) -> Path:
+    """The lock file held by whoever prepares and writes study ``uid`` (src.data.prepare's workers)."""
+    return Path(cache_dir) / split / LOCKS / f"{check_uid(uid)}.lock"
+
+
+def split_lock(cache_dir: Path, split: str) -> Path:
+    """The lock file held while the split folder's own files (skipped.json, its temporaries) are written or cleaned.
+
+    Its name has letters, so it can never be a study's (UIDs are digits and dots).
+    """
+    return Path(cache_dir) / split / LOCKS / "split.lock"
 
 
 def is_cached(cache_dir: Path, split: str, uid: str) -> bool:
@@ -100,13 +121,38 @@ def load_study(cache_dir: Path, split: str, uid: str, mmap: bool = True, with_ma
     return CachedStudy(uid=uid, volume=volume, meta=meta, mask=mask)
 
 
-def remove_stale_temporaries(cache_dir: Path, split: str) -> int:
-    """Delete folders left by an interrupted writer (their names start with a dot)."""
+def _unfinished_uid(path: Path) -> str | None:
+    """The study UID of a folder :func:`write_study` left half built (``.<uid>.<random>``), or None for anything else."""
+    if not path.name.startswith(".") or not path.is_dir():
+        return None
+    uid, dot, _ = path.name[1:].rpartition(".")  # mkdtemp's random part has no dot
+    if not dot:
+        return None
+    try:
+        return check_uid(uid)
+    except InvalidUID:
+        return None
+
+
+def remove_stale_study_folders(cache_dir: Path, split: str) -> list[Path]:
+    """Delete the study folders an interrupted writer left (``.<uid>.<random>/``); returns what was deleted.
+
+    Called by src.data.prepare at the start of each split. A folder is only deleted while its
+    study's lock is free, and under that lock: a folder whose study is locked is another prepare
+    run's work in progress, not debris. Dot-folders that are not a study's (``.locks``) are left alone.
+    """
     root = Path(cache_dir) / split
-    removed = 0
-    if root.exists():
-        for p in root.iterdir():
-            if p.name.startswith(".") and p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-                removed += 1
+    removed = []
+    if not root.is_dir():
+        return removed
+    for path in sorted(root.iterdir()):
+        uid = _unfinished_uid(path)
+        if uid is None:
+            continue
+        try:
+            with exclusive(study_lock(cache_dir, split, uid), f"study {uid} in {root}"):
+                shutil.rmtree(path, ignore_errors=True)
+        except Busy:
+            continue
+        removed.append(path)
     return removed

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .. import TARGETS
 from ..metric import SubmissionError, to_wide
-from ..inference.runs import select_folds
+from ..runs import select_folds
 
 
 @dataclass

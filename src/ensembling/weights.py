@@ -16,8 +16,8 @@ import numpy as np
 from scipy.optimize import minimize
 
 from ..metric import competition_score
+from ..runs import COMBINE_SPACES  # the schema of ensemble.json owns the names
 
-COMBINE_SPACES = ("prob", "logit")
 # Probabilities are clipped this far from 0 and 1 before a logit: a member's hard 0 or 1 would
 # otherwise dominate the logit mean with an infinite vote.
 LOGIT_EPS = 1e-6

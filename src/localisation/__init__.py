@@ -24,7 +24,7 @@ LOCALIZER_MODEL = "localizer"
 # Keys of the calling experiment that the localiser must share: where the data, cache, folds, runs and
 # table live, how folds are cut, and how runs are executed and logged.
 SHARED_KEYS = ("data_dir", "demo.dir", "cache_dir", "folds_dir", "runs_dir", "localisation_table", "n_folds",
-               "seed", "device", "num_workers", "progress", "wandb.mode", "wandb.dir", "wandb.project",
+               "seed", "device", "num_workers", "progress", "profile", "wandb.mode", "wandb.dir", "wandb.project",
                "wandb.entity")
 
 

@@ -79,20 +79,19 @@ def _fold_table(matrix: pd.DataFrame) -> str:
 def ensemble_section(report: Report) -> str:
     ens = report.ensemble
     if ens is None:
-        return "## Ensemble\n\nnot fitted (no JSON with 'nested_cv' or 'ensemble_cv' in the runs folder; see `python -m src.ensemble`)."
+        return "## Ensemble\n\nnot fitted (no ensemble.json in the runs folder; see `python -m src.ensemble`)."
+    if ens.score is None:
+        return f"## Ensemble\n\n`{ens.path.name}` is unusable: {ens.problem}"
     # src.ensemble's nested CV is a mean over held-out folds, so the fair single-model figure is the
     # best mean fold score, not the pooled oof CV.
     board = report.classifiers
     best = board["score_mean"].min() if not board.empty else math.nan
-    line = f"nested CV ({ens.key} in `{ens.path.name}`): **{_num(ens.score)}**"
-    if ens.score is not None and not pd.isna(best):
+    line = (f"nested CV of {', '.join(ens.members)} ({ens.combine} space, `{ens.path.name}`): "
+            f"**{_num(ens.score)}**")
+    if not pd.isna(best):
         line += f"; best single experiment's mean fold score {_num(best)}"
-    per_fold = ens.raw.get("per_fold") if isinstance(ens.raw, dict) else None
-    if isinstance(per_fold, dict) and per_fold:
-        line += "\n\nper fold: " + ", ".join(f"fold{k} {_num(v)}" for k, v in per_fold.items()
-                                            if isinstance(v, (int, float)))
-    if ens.score is None:
-        line += f" (no number recognised in {str(ens.raw)[:200]})"
+    if ens.per_fold:
+        line += "\n\nper fold: " + ", ".join(f"fold{k} {_num(v)}" for k, v in ens.per_fold.items())
     return "## Ensemble\n\n" + line
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import TARGETS
 from ..metric import SubmissionError, competition_score, to_wide
-from ..paths import resolve_data_dir
+from ..runs import run_labels
 from .runs import FoldRun
 
 
@@ -27,15 +27,12 @@ class OofCV:
 
 def labels_path_for(run: FoldRun) -> tuple[Path | None, str]:
     """train.csv of the data the run was trained on if it can still be found from here, else why not."""
-    if "data_dir" not in run.config:
-        return None, f"{run.experiment}/fold{run.fold}/config.yaml names no data_dir"
     try:
-        data_dir = resolve_data_dir(run.config, generate=False, announce=lambda *_: None)
+        return run_labels(run.config), ""
     except (KeyError, TypeError) as err:
         return None, f"{run.experiment}/fold{run.fold}/config.yaml lacks {err}"
     except FileNotFoundError:
         return None, f"no train.csv in {run.config['data_dir']} (nor in the demo folder)"
-    return data_dir / "train.csv", ""
 
 
 def concatenated_oof(runs: list[FoldRun]) -> tuple[pd.DataFrame | None, list[str]]:

@@ -7,17 +7,14 @@ unfinished, an unreadable file becomes a warning on the run, never an exception.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import yaml
 
-_FOLD_DIR = re.compile(r"^fold(\d+)$")
-# Keys under which src.ensemble may store its nested cross-validated score (the brief allows either).
-ENSEMBLE_KEYS = ("nested_cv", "ensemble_cv")
+from ..runs import FINISHED_MARKER, ensemble_path, fold_dirs, read_ensemble
+
 
 
 @dataclass
@@ -62,12 +59,15 @@ class FoldRun:
 
 @dataclass
 class EnsembleCV:
-    """The ensemble's nested CV as src.ensemble wrote it; ``score`` is None when no number was recognised."""
+    """The ensemble's nested CV as src.ensemble wrote it; ``score`` is None (and ``problem`` says why) when the
+    file cannot be used."""
 
     path: Path
-    key: str
     score: float | None
-    raw: Any
+    combine: str = ""
+    members: list[str] = field(default_factory=list)
+    per_fold: dict[str, float] = field(default_factory=dict)
+    problem: str = ""
 
 
 def _read_json(path: Path, problems: list[str]) -> dict | None:
@@ -112,7 +112,7 @@ def _read_history(path: Path, problems: list[str]) -> pd.DataFrame | None:
 def read_fold_run(path: Path, experiment: str, fold: int) -> FoldRun:
     problems: list[str] = []
     config = _read_config(path / "config.yaml", problems)
-    metrics_path = path / "metrics.json"
+    metrics_path = path / FINISHED_MARKER
     metrics = _read_json(metrics_path, problems) if metrics_path.exists() else None
     history = _read_history(path / "history.csv", problems)
     return FoldRun(experiment, fold, path, config, metrics, history, problems)
@@ -129,53 +129,22 @@ def find_runs(runs_dir: Path) -> list[FoldRun]:
         raise FileNotFoundError(f"{runs_dir}: no such folder; pass runs=<folder holding <experiment>/fold<k>/>")
     found = []
     for exp_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        for fold_dir in sorted(exp_dir.iterdir()):
-            match = _FOLD_DIR.match(fold_dir.name)
-            if match and fold_dir.is_dir():
-                found.append(read_fold_run(fold_dir, exp_dir.name, int(match.group(1))))
+        for fold, folder in fold_dirs(runs_dir, exp_dir.name).items():
+            found.append(read_fold_run(folder, exp_dir.name, fold))
     found.sort(key=lambda r: (r.experiment, r.fold))
     return found
 
 
-def _number_in(value: Any) -> float | None:
-    """A score from whatever shape src.ensemble chose: a number, or a mapping with score/mean/cv."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, dict):
-        for key in ("score", "mean", "cv", "nested_cv", "ensemble_cv", "ensemble"):
-            if key in value:
-                found = _number_in(value[key])
-                if found is not None:
-                    return found
-    return None
-
-
-def _search_key(data: Any, depth: int = 0) -> tuple[str, Any] | None:
-    if not isinstance(data, dict) or depth > 2:
-        return None
-    for key in ENSEMBLE_KEYS:
-        if key in data:
-            return key, data[key]
-    for value in data.values():
-        hit = _search_key(value, depth + 1)
-        if hit:
-            return hit
-    return None
-
-
 def find_ensemble_cv(runs_dir: Path) -> EnsembleCV | None:
-    """The first JSON file in ``runs_dir`` or ``runs_dir/ensemble*/`` holding a nested ensemble CV, else None."""
-    runs_dir = Path(runs_dir)
-    candidates = sorted(runs_dir.glob("*.json")) + sorted(runs_dir.glob("ensemble*/*.json"))
-    for path in candidates:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        hit = _search_key(data)
-        if hit:
-            key, raw = hit
-            return EnsembleCV(path, key, _number_in(raw), raw)
-    return None
+    """The nested CV that ``python -m src.ensemble`` wrote to ``<runs_dir>/ensemble.json``, None when not fitted;
+    a file that does not follow the schema (src.runs.read_ensemble) is reported, not guessed at."""
+    path = ensemble_path(runs_dir)
+    if not path.exists():
+        return None
+    try:
+        data = read_ensemble(path)
+    except ValueError as err:
+        return EnsembleCV(path, None, problem=str(err))
+    per_fold = data.get("spaces", {}).get(data["combine"], {}).get("nested_per_fold", {})
+    return EnsembleCV(path, float(data["nested_cv"]["score"]), data["combine"], list(data["members"]),
+                      {str(k): v for k, v in per_fold.items() if isinstance(v, (int, float))})
