@@ -41,8 +41,8 @@ class FoldRun:
     def task(self) -> str:
         """``localize`` or ``classify``, from what the run wrote: the headline metric decides.
 
-        config.yaml's ``task`` is only a fallback: a model class may fix its own task (the localiser does)
-        while the saved config keeps the default ``classify``.
+        config.yaml's ``model`` is only a fallback, for a run that has written neither yet (the model
+        class fixes the task; configs keep no ``task`` key, and an old one may be wrong).
         """
         for source in (self.metrics, None if self.history is None else dict.fromkeys(self.history.columns)):
             if source:
@@ -50,7 +50,7 @@ class FoldRun:
                     return "classify"
                 if "dice" in source:
                     return "localize"
-        return "localize" if self.config.get("task") == "localize" else "classify"
+        return "localize" if self.config.get("model") == "localizer" else "classify"
 
     @property
     def model(self) -> str:
