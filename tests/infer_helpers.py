@@ -1,7 +1,8 @@
-"""Helpers shared by the inference tests (tests/test_infer.py, tests/test_hostile_infer.py): tiny DICOM
-studies written with the demo generator's writer (src/synth/dicom_writer.py), tiny untrained run
-folders in the training loop's format, and one call of infer.py's main path with its submission read
-back and checked."""
+"""Helpers shared by the inference tests (tests/test_infer.py, tests/test_hostile_infer.py,
+tests/test_new_model.py): tiny DICOM studies written with the demo generator's writer
+(src/synth/dicom_writer.py), cached training studies written back out as test DICOMs (parity checks),
+tiny untrained run folders in the training loop's format, and one call of infer.py's main path with its
+submission read back and checked."""
 from __future__ import annotations
 
 import importlib.util
@@ -88,3 +89,15 @@ def read_submission(path, data_dir) -> pd.DataFrame:
     assert sub["fractured"].between(0, 1).all() and sub["fractured"].notna().all()
     return sub.assign(uid=test["StudyInstanceUID"], target=test["prediction_type"]) \
         .pivot(index="uid", columns="target", values="fractured")[TARGETS]
+
+
+def cached_studies_as_dicom(tiny, uids, out_dir):
+    """The cached (already 16 px) volumes of ``uids`` written back out as Kaggle test DICOMs."""
+    from src.data.cache import load_study
+
+    for uid in uids:
+        study = load_study(tiny["cache_dir"], "train_images", uid, mmap=False)
+        write_series(out_dir / "test_images" / uid, np.asarray(study.volume), study_uid=uid,
+                     slice_numbers=study.meta["slice_numbers"], z_positions=study.meta["z"],
+                     pixel_spacing=tuple(study.meta["pixel_spacing"]), slice_thickness=1.0)
+    write_test_csv(out_dir / "test.csv", uids)

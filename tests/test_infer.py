@@ -17,10 +17,9 @@ from src.config import ConfigError, load_config, run_main
 from src.inference.prior import SPEC_PREVALENCE, label_prior
 from src.inference.test_csv import build_submission, check_submission, read_test_csv, study_order, write_submission
 from src.metric import SubmissionError, to_wide
-from src.synth.dicom_writer import write_series
 
-from infer_helpers import (MODELS, infer, neck_volume, read_submission, run_infer, save_untrained_run, write_study,
-                           write_test_csv)
+from infer_helpers import (MODELS, cached_studies_as_dicom, infer, neck_volume, read_submission, run_infer,
+                           save_untrained_run, write_study, write_test_csv)
 
 GOOD = ["1.2.826.7.1", "1.2.826.7.2"]
 CORRUPT_SLICE, UNREADABLE, ABSENT, NOT_NAMED = "1.2.826.7.3", "1.2.826.7.4", "1.2.826.7.5", "1.2.826.7.6"
@@ -343,18 +342,6 @@ def train_tiny_run(tiny, experiment, extra):
     folder = Path(tiny["runs_dir"]) / experiment / "fold0"
     fit(cfg, task, folder, dataset_kind="demo", announce=lambda *_: None)
     return pd.read_csv(folder / "oof.csv", dtype={"StudyInstanceUID": str})
-
-
-def cached_studies_as_dicom(tiny, uids, out_dir):
-    """The cached (already 16 px) volumes of ``uids`` written back out as Kaggle test DICOMs."""
-    from src.data.cache import load_study
-
-    for uid in uids:
-        study = load_study(tiny["cache_dir"], "train_images", uid, mmap=False)
-        write_series(out_dir / "test_images" / uid, np.asarray(study.volume), study_uid=uid,
-                     slice_numbers=study.meta["slice_numbers"], z_positions=study.meta["z"],
-                     pixel_spacing=tuple(study.meta["pixel_spacing"]), slice_thickness=1.0)
-    write_test_csv(out_dir / "test.csv", uids)
 
 
 @pytest.mark.slow
