@@ -130,6 +130,54 @@ def test_an_unexpected_error_costs_only_that_study(data_dir, runs_dir, tmp_path,
                                label_prior(data_dir)[0])
 
 
+def test_studies_are_read_ahead_in_processes_and_nothing_is_written_but_the_submission(data_dir, runs_dir, tmp_path,
+                                                                                       monkeypatch):
+    """workers=2 gives what reading in process gives; and the study never goes to disk (np.save and the
+    cache writer refuse, in the reading processes too, which are forked after the patch)."""
+    import src.data.cache
+
+    in_process = run_infer(data_dir, runs_dir, tmp_path / "in_process.csv", "workers=0")
+
+    def no_disk(*args, **kwargs):
+        raise AssertionError("inference wrote a study to disk")
+
+    monkeypatch.setattr(np, "save", no_disk)
+    monkeypatch.setattr(src.data.cache, "write_study", no_disk)
+    ahead = run_infer(data_dir, runs_dir, tmp_path / "ahead.csv", "workers=2")
+    assert ahead["log"].count("member") == 0 and ahead["log"].count("error") == 0, ahead["summary"]
+    for kind in ("absent", "unreadable", "bad_uid", "slices"):
+        assert ahead["log"].events[kind] == in_process["log"].events[kind]
+    assert {"read", "inputs", "wait for reading"} <= set(ahead["timings"])
+    np.testing.assert_array_equal(read_submission(tmp_path / "ahead.csv", data_dir).to_numpy(),
+                                  read_submission(tmp_path / "in_process.csv", data_dir).to_numpy())
+
+
+def test_a_reading_process_that_dies_costs_only_its_study(data_dir, runs_dir, tmp_path, monkeypatch):
+    """A decoder that kills its process (a segfault, say) on one study: that study gets the prior, named
+    under ``unreadable``; the studies read beside it in the same pool are predicted as usual."""
+    import os
+
+    from src.inference import studies
+
+    read = studies.read_test_study
+
+    def crash_on_one(study_dir, *args, **kwargs):
+        if Path(study_dir).name == GOOD[1]:
+            os._exit(11)
+        return read(study_dir, *args, **kwargs)
+
+    reference = run_infer(data_dir, runs_dir, tmp_path / "reference.csv", "members=[cnn3d]", "workers=0")
+    monkeypatch.setattr(studies, "read_test_study", crash_on_one)
+    result = run_infer(data_dir, runs_dir, tmp_path / "s.csv", "members=[cnn3d]", "workers=2")
+    log = result["log"]
+    assert GOOD[1] in log.uids("unreadable") and "died" in dict(log.events["unreadable"])[GOOD[1]]
+    assert log.uids("unreadable") == [GOOD[1], UNREADABLE] and log.uids("slices") == [CORRUPT_SLICE]
+    got, expected = read_submission(tmp_path / "s.csv", data_dir), read_submission(tmp_path / "reference.csv", data_dir)
+    np.testing.assert_allclose(got.loc[GOOD[1]].to_numpy(), label_prior(data_dir)[0])
+    others = [GOOD[0], CORRUPT_SLICE]
+    np.testing.assert_array_equal(got.loc[others].to_numpy(), expected.loc[others].to_numpy())
+
+
 def test_localiser_failure_still_predicts_every_study(data_dir, runs_dir, tmp_path, monkeypatch):
     from src.inference.localiser import Localiser
 
