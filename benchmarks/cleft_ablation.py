@@ -88,7 +88,7 @@ def main() -> None:
         probs = {}
         for name, vol in (("with", volume), ("without", intact.hu[order].astype(volume.dtype))):
             plans = dataset.plans[uid]
-            images = np.stack([dataset.vertebra_stack(vol, cached.meta, plans[v]) for v in VERTEBRAE])
+            images = np.stack([dataset.crops.vertebra_stack(vol, cached.meta, plans[v]) for v in VERTEBRAE])
             with torch.no_grad():
                 probs[name] = torch.sigmoid(model({"images": torch.from_numpy(images)[None]})["logits"][0]).numpy()
         for k, vertebra in enumerate(VERTEBRAE):

@@ -57,7 +57,7 @@ def slice_crops(cfg, cache_dir: Path, table: pd.DataFrame, fractures: pd.DataFra
             for index in range(first, last + 1, 2):
                 n = numbers[index]
                 inside = bool(((lows <= n) & (n <= highs)).any())
-                images.append(studies.vertebra_stack(study.volume, study.meta, (n, n, *plan[2:]))[0])
+                images.append(studies.crops.vertebra_stack(study.volume, study.meta, (n, n, *plan[2:]))[0])
                 labels.append(float(inside))
                 fold.append(fold_of[uid])
                 key.append(f"{uid}_{vertebra}")

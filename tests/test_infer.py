@@ -147,7 +147,7 @@ def test_studies_are_read_ahead_in_processes_and_nothing_is_written_but_the_subm
     assert ahead["log"].count("member") == 0 and ahead["log"].count("error") == 0, ahead["summary"]
     for kind in ("absent", "unreadable", "bad_uid", "slices"):
         assert ahead["log"].events[kind] == in_process["log"].events[kind]
-    assert {"read", "inputs", "wait for reading"} <= set(ahead["timings"])
+    assert {"read", "inputs before localising", "wait for reading"} <= set(ahead["timings"])
     np.testing.assert_array_equal(read_submission(tmp_path / "ahead.csv", data_dir).to_numpy(),
                                   read_submission(tmp_path / "in_process.csv", data_dir).to_numpy())
 

@@ -101,7 +101,7 @@ class Predictor:
         start = time.perf_counter()
         inputs = {**study.inputs, **build_inputs(late, study.volumes, localisation)}
         study.volumes = None  # the inputs are built: free the decoded study before the models run
-        self.timings["inputs"] += time.perf_counter() - start
+        self.timings["inputs after localising"] += time.perf_counter() - start
         return self._combine_members(uid, inputs, log)
 
     def _combine_members(self, uid: str, inputs: dict, log: FallbackLog) -> np.ndarray | None:

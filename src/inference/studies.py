@@ -48,7 +48,7 @@ class ReadStudy:
     inputs: dict = field(default_factory=dict)  # spec key -> batch or InputFailed
     problem: tuple[str, str] | None = None   # (kind, detail): the study gets the prior
     skipped: list = field(default_factory=list)  # corrupt slices left out of an otherwise read study
-    seconds: dict = field(default_factory=dict)  # read, inputs: spent wherever the study was read
+    seconds: dict = field(default_factory=dict)  # read, inputs before localising: where the study was read
 
 
 def read_study(uid: str, study_dir: Path, plan: ReadPlan) -> ReadStudy:
@@ -67,7 +67,7 @@ def read_study(uid: str, study_dir: Path, plan: ReadPlan) -> ReadStudy:
     inputs = build_inputs(plan.specs, volumes, None)
     skipped = list(next(iter(volumes.values()))[1].get("skipped_files", []))
     return ReadStudy(uid, volumes, inputs, skipped=skipped,
-                     seconds={"read": read_s, "inputs": time.perf_counter() - start})
+                     seconds={"read": read_s, "inputs before localising": time.perf_counter() - start})
 
 
 def _quiet_worker() -> None:

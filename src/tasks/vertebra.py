@@ -164,8 +164,12 @@ class VertebraCrops:
 
             self.transform = build_slice_stack_transform(float(settings.get("augment", 1.0)))
 
-    def vertebra_stack(self, volume: np.ndarray, meta: dict, plan: tuple) -> np.ndarray:
-        """(N, C, S, S) float32 for one vertebra of a study."""
+    @property
+    def channels(self) -> int:
+        return (2 * self.neighbours + 1) * len(self.windows)
+
+    def vertebra_stack(self, volume: np.ndarray, meta: dict, plan: tuple, out: np.ndarray | None = None) -> np.ndarray:
+        """(N, C, S, S) float32 for one vertebra of a study, written into ``out`` when given."""
         slice_min, slice_max, x0, y0, x1, y1 = plan
         first, last = slice_range_indices(meta["slice_numbers"], slice_min, slice_max)
         positions = sample_positions(first, last, self.n_slices, jitter=0.5 if self.train else 0.0)
@@ -181,16 +185,24 @@ class VertebraCrops:
         size = self.crop_size
         # each slice used is resized once, then the samples gathered: neighbours and a short range repeat slices
         slices = resize_stack(channels.transpose(1, 0, 2, 3).reshape(-1, h, w), size).reshape(k, -1, size, size)
-        stack = slices[inverse.reshape(-1)].reshape(-1, size, size)         # (N*(2k+1)*W, S, S)
+        if out is None:
+            out = np.empty((self.n_slices, self.channels, size, size), dtype=np.float32)
+        # (N*(2k+1), W, S, S) gathered straight into the item (at 384 px a study's item is half a gigabyte:
+        # every copy counts); mode="clip" because "raise" would gather into a temporary first
+        np.take(slices, inverse.reshape(-1), axis=0, out=out.reshape(-1, *slices.shape[1:]), mode="clip")
         if self.transform is not None:
             from ..data.augment import augment_stack
 
-            stack = augment_stack(stack, self.transform)
-        return stack.reshape(self.n_slices, -1, size, size)
+            out[...] = augment_stack(out.reshape(-1, size, size), self.transform).reshape(out.shape)
+        return out
 
     def study_stacks(self, volume: np.ndarray, meta: dict, plans: dict[str, tuple], vertebrae=VERTEBRAE) -> np.ndarray:
         """(len(vertebrae), N, C, S, S); a vertebra without a plan takes :func:`fallback_plan`."""
-        return np.stack([self.vertebra_stack(volume, meta, plans.get(v) or fallback_plan(meta, v)) for v in vertebrae])
+        size = self.crop_size
+        out = np.empty((len(vertebrae), self.n_slices, self.channels, size, size), dtype=np.float32)
+        for i, v in enumerate(vertebrae):
+            self.vertebra_stack(volume, meta, plans.get(v) or fallback_plan(meta, v), out=out[i])
+        return out
 
 
 class VertebraDataset(torch.utils.data.Dataset):
