@@ -178,6 +178,25 @@ def test_a_reading_process_that_dies_costs_only_its_study(data_dir, runs_dir, tm
     np.testing.assert_array_equal(got.loc[others].to_numpy(), expected.loc[others].to_numpy())
 
 
+def test_a_run_saved_with_the_old_task_key_predicts_as_before(data_dir, runs_dir, tmp_path):
+    """Runs trained while configs had a ``task:`` key (``classify`` for the 3D CNN) load as they are: the
+    model class names its task now, and the extra key is ignored."""
+    import yaml
+
+    runs = tmp_path / "runs"
+    shutil.copytree(runs_dir / "cnn3d" / "fold0", runs / "cnn3d" / "fold0")
+    path = runs / "cnn3d" / "fold0" / "best.pt"
+    state = torch.load(path, weights_only=True)
+    state["config"]["task"] = "classify"
+    torch.save(state, path)
+    (path.parent / "config.yaml").write_text(yaml.safe_dump(state["config"]))
+    old = run_infer(data_dir, runs, tmp_path / "old.csv", "members=[cnn3d]", "limit_studies=1")
+    assert old["log"].count("left_out") == 0 and old["log"].count("member") == 0
+    run_infer(data_dir, runs_dir, tmp_path / "new.csv", "members=[{run: cnn3d, folds: [0]}]", "limit_studies=1")
+    np.testing.assert_array_equal(read_submission(tmp_path / "old.csv", data_dir).to_numpy(),
+                                  read_submission(tmp_path / "new.csv", data_dir).to_numpy())
+
+
 def test_localiser_failure_still_predicts_every_study(data_dir, runs_dir, tmp_path, monkeypatch):
     from src.inference.localiser import Localiser
 

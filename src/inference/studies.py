@@ -112,7 +112,9 @@ class StudyReader:
                     pool.shutdown(wait=False, cancel_futures=True)
                     study = self._alone(job)
                     pool = self._pool(self.workers)
-                    pending = deque((j, self._submit(pool, j)) for j, _ in pending)
+                    pending = deque((j, f if f.done() and not f.cancelled() and f.exception() is None
+                                     else self._submit(pool, j))
+                                    for j, f in pending)  # what finished before the break is kept
                 except Exception as err:  # the result could not come back (it did not pickle, say)
                     study = ReadStudy(job[0], problem=("unreadable", f"reading process: {one_line(err)}"))
                 yield study
