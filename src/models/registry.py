@@ -79,11 +79,6 @@ def model_task(cls: type) -> str:
     return task
 
 
-def needs_localisation(cfg) -> bool:
-    """Whether the model ``cfg.model`` names crops by the localisation table."""
-    return bool(getattr(get_model_class(cfg["model"]), "needs_localisation", False))
-
-
 def model_settings(cfg):
     """The config section of the model ``cfg.model`` names (its class's ``settings``): what its task reads."""
     cls = get_model_class(cfg["model"])
