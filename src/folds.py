@@ -19,7 +19,7 @@ from . import TARGETS
 from .config import load_config, run_main
 from .io_utils import atomic_write_csv
 from .metric import SubmissionError, read_table
-from .paths import InvalidUID, check_uid, folds_path, resolve_data_dir
+from .paths import InvalidUID, check_uid, folds_path
 
 
 class FoldsError(ValueError):
@@ -123,6 +123,8 @@ def describe(labels: pd.DataFrame, folds: pd.DataFrame) -> str:
 
 
 def main(argv: list[str]) -> None:
+    from .data.demo import resolve_data_dir
+
     cfg = load_config(argv)
     data_dir = resolve_data_dir(cfg)
     path = folds_path(cfg, data_dir)

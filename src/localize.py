@@ -11,7 +11,8 @@ import sys
 
 from .config import ConfigError, load_config, run_main
 from .localisation import LOCALIZER_EXPERIMENT
-from .paths import resolve_cache_dir, resolve_data_dir
+from .data.demo import resolve_data_dir
+from .paths import resolve_cache_dir
 
 
 def main(argv: list[str]) -> dict:

@@ -18,7 +18,8 @@ from .folds import FoldsError
 from .locks import Busy
 from .training.checkpoint import CheckpointError
 from .training.run_folder import RunFolderError
-from .paths import resolve_cache_dir, resolve_data_dir
+from .data.demo import resolve_data_dir
+from .paths import resolve_cache_dir
 from .runs import run_dir
 
 
