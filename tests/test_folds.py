@@ -6,7 +6,7 @@ import pytest
 from src import TARGETS
 from src.data.folds import ensure_folds, make_folds
 
-# SPEC.md prevalence of patient_overall, C1..C7 on the real train set.
+# The prevalence (docs/data.md#the-metric) of patient_overall, C1..C7 on the real train set.
 PREVALENCE = [0.476, 0.072, 0.141, 0.036, 0.053, 0.080, 0.137, 0.195]
 
 
