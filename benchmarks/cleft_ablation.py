@@ -47,13 +47,13 @@ def main() -> None:
     from demo_inputs import synthetic_inputs
     from src import VERTEBRAE
     from src.data.cache import load_study
-    from src.folds import ensure_folds
+    from src.data.folds import ensure_folds
     from src.models.registry import build_model
     from src.runs import run_dir
     from src.synth.generate import plan_dataset
     from src.synth.study import make_study
     from src.tasks.vertebra import VertebraDataset
-    from src.training.checkpoint import load_checkpoint, load_model_state
+    from src.models.checkpoint import load_checkpoint, load_model_state
 
     cfg, data_dir, cache_dir, table = synthetic_inputs(
         args.overrides, "only demo studies can be rendered without their clefts")

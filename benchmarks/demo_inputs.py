@@ -8,11 +8,11 @@ import sys
 def synthetic_inputs(overrides: list[str], why_synthetic: str):
     """(cfg, data_dir, cache_dir, localisation table) for ``config=effnet_gru`` plus ``overrides``."""
     from src.config import load_config
-    from src.paths import is_synthetic, localisation_path, resolve_cache_dir, resolve_data_dir
+    from src.paths import is_synthetic, locate_data_dir, localisation_path, resolve_cache_dir
     from src.tasks.vertebra import read_localisation
 
     cfg = load_config(["config=effnet_gru", *overrides])
-    data_dir = resolve_data_dir(cfg, generate=False)
+    data_dir = locate_data_dir(cfg)
     if not is_synthetic(data_dir):
         sys.exit(f"{data_dir} is not a synthetic dataset: {why_synthetic}")
     cache_dir = resolve_cache_dir(cfg, data_dir)

@@ -78,7 +78,7 @@ def main() -> None:
     from sklearn.metrics import roc_auc_score
 
     from demo_inputs import synthetic_inputs
-    from src.folds import ensure_folds
+    from src.data.folds import ensure_folds
 
     cfg, data_dir, cache_dir, table = synthetic_inputs(args.overrides, "the probe needs synth_fractures.csv's slice labels")
     fractures = pd.read_csv(data_dir / "synth_fractures.csv")

@@ -11,12 +11,13 @@ import sys
 
 from .config import ConfigError, load_config, run_main
 from .localisation import LOCALIZER_EXPERIMENT
-from .paths import resolve_cache_dir, resolve_data_dir
+from .data.demo import resolve_data_dir
+from .paths import resolve_cache_dir
 
 
 def main(argv: list[str]) -> dict:
     cfg = load_config(argv, default_experiment=LOCALIZER_EXPERIMENT)
-    from .folds import ensure_folds
+    from .data.folds import ensure_folds
     from .localisation.build import build_table, train_missing_folds
     from .models.registry import get_model_class, model_task
     from .train import STOPS_WITH_A_SENTENCE, ensure_cache

@@ -1,6 +1,6 @@
 """The competition metric and the tables it is computed on, as pure functions of arrays and frames.
 
-Weighted multi-label log loss (shared/SPEC.md): per study, the eight binary log losses
+Weighted multi-label log loss (docs/data.md#the-metric): per study, the eight binary log losses
 (patient_overall, C1..C7) are weighted (vertebra: 1 negative / 2 positive; patient_overall:
 7 negative / 14 positive), summed, divided by that study's sum of weights; the score is the mean over
 studies. Used by src.score (the CLI), by every classifier's validation, and by the ensemble's weight fit.

@@ -44,23 +44,15 @@ def is_synthetic(data_dir: Path | str) -> bool:
     return (Path(data_dir) / "synth_summary.json").exists()
 
 
-def resolve_data_dir(cfg: DictConfig | dict, generate: bool = True, announce=print) -> Path:
-    """The configured data folder, or the demo dataset (generated if absent) when it has no train.csv."""
+def locate_data_dir(cfg: DictConfig | dict) -> Path:
+    """The configured data folder, or the demo dataset standing in when it has no train.csv; raises
+    FileNotFoundError when neither has labels (src/data/demo.py's ``resolve_data_dir`` generates the demo)."""
     data_dir = _abs(cfg["data_dir"])
     if has_labels(data_dir):
         return data_dir
     demo = _abs(cfg["demo"]["dir"])
     if not has_labels(demo):
-        if not generate:
-            raise FileNotFoundError(f"no train.csv in {data_dir} and no demo data in {demo}; run `python -m src.synth`")
-        announce(f"[data] no train.csv in {data_dir}: generating the demo dataset in {demo} (one-off, a minute or two)")
-        from .synth.generate import generate_dataset
-
-        d = cfg["demo"]
-        generate_dataset(demo, n_train=d["n_train"], n_test=d["n_test"], size=d["size"], seed=d["seed"],
-                         seg_fraction=d["seg_fraction"])
-    else:
-        announce(f"[data] no train.csv in {data_dir}: using the demo dataset in {demo}")
+        raise FileNotFoundError(f"no train.csv in {data_dir} and no demo data in {demo}; run `python -m src.synth`")
     return demo
 
 

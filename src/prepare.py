@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .config import CONFIG_DIR, DEFAULT_EXPERIMENT, load_config, run_main, split_args
 from .data.prepare import PrepareError, format_summary, prepare_dataset
-from .paths import resolve_cache_dir, resolve_data_dir
+from .data.demo import resolve_data_dir
+from .paths import resolve_cache_dir
 
 SHORT_KEYS = ("size", "workers", "min_slices", "splits", "decoder", "max_pixels")
 
@@ -37,7 +38,7 @@ def expand_short_keys(argv: list[str]) -> list[str]:
 def check_given_data_dir(argv: list[str], cfg) -> None:
     """Refuse a data_dir given on the command line that does not exist.
 
-    Without a train.csv in data_dir the demo dataset stands in (src.paths.resolve_data_dir): right
+    Without a train.csv in data_dir the demo dataset stands in (src/data/demo.py): right
     for the default folder, but a misspelt ``data_dir=/data/rsna`` would then quietly prepare (and
     first generate) the demo data instead of saying what is wrong.
     """

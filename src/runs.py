@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from .paths import locate_data_dir
+
 FINISHED_MARKER = "metrics.json"
 ENSEMBLE_FILE = "ensemble.json"
 _FOLD_DIR = re.compile(r"^fold(\d+)$")
@@ -116,11 +118,9 @@ def run_labels(config: dict) -> Path:
 
     Raises KeyError when the config names no data, FileNotFoundError when neither folder has labels.
     """
-    from .paths import resolve_data_dir
-
     if not isinstance(config, dict) or "data_dir" not in config:
         raise KeyError("data_dir")
-    return resolve_data_dir(config, generate=False, announce=lambda *_: None) / "train.csv"
+    return locate_data_dir(config) / "train.csv"
 
 
 def ensemble_path(runs_dir: Path) -> Path:

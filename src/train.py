@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 
 from .config import load_config, run_main
-from .folds import FoldsError
+from .data.folds import FoldsError
 from .locks import Busy
-from .training.checkpoint import CheckpointError
+from .models.checkpoint import CheckpointError
 from .training.run_folder import RunFolderError
-from .paths import resolve_cache_dir, resolve_data_dir
+from .data.demo import resolve_data_dir
+from .paths import resolve_cache_dir
 from .runs import run_dir
 
 
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> dict:
 
 
 def _build_and_train(cfg, distributed) -> dict:
-    from .folds import ensure_folds
+    from .data.folds import ensure_folds
     from .models.registry import get_model_class, model_task
     from .tasks import get_task_class
     from .training import TrainingStopped, fit
@@ -85,7 +86,7 @@ def _build_and_train(cfg, distributed) -> dict:
         folds = ensure_folds(cfg, data_dir)
         print(f"[folds] fold {cfg['fold']}: {int((folds['fold'] == cfg['fold']).sum())} validation studies of {len(folds)}")
         if getattr(model_cls, "needs_localisation", False):
-            from .localisation import ensure_localisation
+            from .localisation.build import ensure_localisation
 
             ensure_localisation(cfg, data_dir, cache_dir)
     task = task_cls(cfg, data_dir, cache_dir, folds)

@@ -63,3 +63,23 @@ def test_experiment_trains_a_few_steps(name, tiny):
     task_cls_monitor = next(iter(saved))  # the loop writes the monitored metric first
     assert math.isfinite(saved[task_cls_monitor]) and saved[task_cls_monitor] == pytest.approx(metrics[task_cls_monitor])
     assert cfg.experiment == name
+
+
+def _repeated(own: dict, inherited: dict, prefix: str = ""):
+    for key, value in own.items():
+        if key in ("inherit", "on_demo"):
+            continue
+        if isinstance(value, dict) and isinstance(inherited.get(key), dict):
+            yield from _repeated(value, inherited[key], f"{prefix}{key}.")
+        elif key in inherited and inherited[key] == value:
+            yield f"{prefix}{key}"
+
+
+@pytest.mark.parametrize("name", experiment_names())
+def test_an_experiment_file_declares_only_what_differs_from_its_parent(name):
+    """Each default is declared once: a value repeated from default.yaml would silently stop following it."""
+    from src.config import CONFIG_DIR, _read_yaml, load_experiment_file
+
+    own = _read_yaml(CONFIG_DIR / f"{name}.yaml")
+    inherited = load_experiment_file(own.get("inherit", "default"))
+    assert list(_repeated(own, inherited)) == []

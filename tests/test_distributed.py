@@ -114,7 +114,7 @@ def test_main_first_builds_on_rank_0_then_each_nodes_first_rank_then_the_rest(mo
 
 def task_for(args):
     from src.config import load_config
-    from src.folds import ensure_folds
+    from src.data.folds import ensure_folds
     from src.tasks import get_task_class
 
     cfg = load_config(args)
@@ -140,7 +140,8 @@ def _evaluate_on_rank(rank, world, port, args, checkpoint, out_dir):
 
 def test_validation_shared_over_two_ranks_gives_exactly_one_processes_oof_and_score(tiny, tmp_path):
     from src.models.registry import build_model
-    from src.training.checkpoint import model_state, save_checkpoint
+    from src.models.checkpoint import model_state
+    from src.training.checkpoint import save_checkpoint
     from src.training.evaluate import evaluate_checkpoint
 
     args = TINY_CNN + overrides(tiny, batch_size=2)

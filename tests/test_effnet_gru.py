@@ -195,10 +195,10 @@ def test_pretrained_path_loads_weights_and_adapts_the_stem(tmp_path):
 
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])
 def test_best_checkpoint_reproduces_validation_predictions(tmp_path, ema_decay):
-    from src.folds import ensure_folds
+    from src.data.folds import ensure_folds
     from src.tasks.vertebra import VertebraTask
     from src.training import fit
-    from src.training.checkpoint import load_checkpoint
+    from src.models.checkpoint import load_checkpoint
 
     tiny = make_tiny_dataset(tmp_path, n_studies=10, slices=14, size=16)
     install_folds(tiny)

@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 
 from src import TARGETS
-from src.folds import ensure_folds, make_folds
+from src.data.folds import ensure_folds, make_folds
 
-# SPEC.md prevalence of patient_overall, C1..C7 on the real train set.
+# The prevalence (docs/data.md#the-metric) of patient_overall, C1..C7 on the real train set.
 PREVALENCE = [0.476, 0.072, 0.141, 0.036, 0.053, 0.080, 0.137, 0.195]
 
 
@@ -133,7 +133,7 @@ def test_too_few_studies_is_one_line(tmp_path, capsys, n):
 
 
 def test_an_unusable_folds_file_names_it(tmp_path):
-    from src.folds import FoldsError
+    from src.data.folds import FoldsError
 
     data = tmp_path / "mydata"
     data.mkdir()

@@ -397,7 +397,7 @@ def test_prior_comes_from_train_csv_else_the_spec(tmp_path, data_dir):
 def train_tiny_run(tiny, experiment, extra):
     """One epoch of the real training loop on the tiny cached dataset, into runs/<experiment>/fold0."""
     from fake_training_data import overrides
-    from src.folds import ensure_folds
+    from src.data.folds import ensure_folds
     from src.models.registry import get_model_class, model_task
     from src.tasks import get_task_class
     from src.training import fit

@@ -207,8 +207,8 @@ def test_a_model_that_finds_nothing_still_gives_seven_rows(tmp_path):
 
 
 def test_localiser_trains_through_the_loop_and_writes_the_table(tmp_path):
-    from src.folds import ensure_folds
-    from src.localisation import ensure_localisation
+    from src.data.folds import ensure_folds
+    from src.localisation.build import ensure_localisation
     from src.localisation.build import train_missing_folds
     from src.runs import run_dir
     from fake_training_data import install_folds, make_tiny_dataset
@@ -239,7 +239,7 @@ def test_an_interrupted_localiser_fold_is_finished_before_the_table_uses_it(tmp_
     """Stopping the first train.sh during the localiser must not let the next one build the table from the
     best epoch so far: the fold is resumed to its last epoch, and only then predicts."""
     import src.training.loop as loop
-    from src.folds import ensure_folds
+    from src.data.folds import ensure_folds
     from src.localisation.build import fold_checkpoints, train_missing_folds
     from src.runs import run_dir
     from fake_training_data import install_folds, make_tiny_dataset
@@ -275,7 +275,7 @@ def test_an_interrupted_localiser_fold_is_finished_before_the_table_uses_it(tmp_
 
 def test_a_damaged_localiser_checkpoint_is_named_in_one_sentence(tmp_path):
     from src.localisation.predict import load_localizers
-    from src.training.checkpoint import CheckpointError
+    from src.models.checkpoint import CheckpointError
 
     path = tmp_path / "best.pt"
     path.write_bytes(b"PK\x03\x04 not really a checkpoint")

@@ -1,7 +1,7 @@
 """NIfTI masks onto the DICOM grid: through the affine (right for head-first and reversed studies) or,
 when the affine cannot be trusted, the Kaggle transform (right only for head-first studies).
 
-The truth is a label volume we make ourselves, written in the layout SPEC.md describes for the real
+The truth is a label volume we make ourselves, written in the layout docs/data.md#mask-orientation describes for the real
 segmentations: array (columns, rows, slices) = [col, rows-1-row, slice in ascending z], RAS affine.
 """
 import nibabel as nib

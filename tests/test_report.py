@@ -1,6 +1,6 @@
 """Tests for ``python -m src.report``: fake run folders in tmp, checked against their own metrics.json.
 
-The fake runs are built the way the training loop writes them (shared/SPEC.md): oof.csv from noisy
+The fake runs are built the way the training loop writes them (docs/data.md#run-folders): oof.csv from noisy
 labels, metrics.json from src.metric on that oof, history.csv per epoch. The slow test at the end
 trains two real tiny experiments once src/train.py exists.
 """

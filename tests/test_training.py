@@ -191,7 +191,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny, 
 
 def test_fit_raises_training_stopped_for_callers_other_than_main(tiny):
     from src.config import load_config
-    from src.folds import ensure_folds
+    from src.data.folds import ensure_folds
     from src.tasks import get_task_class
 
     cfg = load_config(TINY_CNN + overrides(tiny, model="nan_after_first_epoch", runs_dir=tiny["runs_dir"] + "_nan2")
@@ -237,7 +237,7 @@ def test_resampled_cache_is_written_once(tiny, tmp_path):
 
 def test_limit_studies_keeps_the_first_studies_of_each_split(tiny):
     from src.config import load_config
-    from src.folds import ensure_folds
+    from src.data.folds import ensure_folds
     from src.tasks import get_task_class
 
     cfg = load_config(TINY_CNN + overrides(tiny, limit_studies=3))

@@ -2,7 +2,7 @@
 
 Called by src.data.prepare (masks go into the cache beside the volume) and by the localiser's
 tests. The NIfTI array is (columns, rows, slices) in RAS world space while DICOM is LPS, so read
-naively it looks sagittal, mirrored and upside down (shared/SPEC.md). Two ways to undo that:
+naively it looks sagittal, mirrored and upside down (docs/data.md#mask-orientation). Two ways to undo that:
 
 - ``affine``: every DICOM pixel (row, col) of every slice (ImagePositionPatient z) is taken from
   LPS to RAS, through the inverse NIfTI affine, to the nearest voxel. Right for studies stored

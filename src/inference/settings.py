@@ -15,7 +15,8 @@ import yaml
 
 from ..config import CONFIG_DIR, ConfigError, load_experiment_file, parse_overrides
 from ..ensembling.weights import COMBINE_SPACES
-from ..paths import _abs, has_labels, resolve_data_dir
+from ..data.demo import resolve_data_dir
+from ..paths import _abs, has_labels
 
 INFER_CONFIG = CONFIG_DIR / "infer.yaml"
 ENSEMBLE_FILE = "ensemble.json"
@@ -98,7 +99,7 @@ def resolve_test_data(cfg: dict, announce=print) -> Path:
     if has_labels(data_dir):
         raise ConfigError(f"data_dir={cfg['data_dir']}: {data_dir} has train.csv but no test.csv; point data_dir at "
                           f"the competition folder")
-    return resolve_data_dir(demo_cfg, generate=True, announce=announce)
+    return resolve_data_dir(demo_cfg, announce=announce)
 
 
 def read_ensemble_file(path: Path) -> dict:

@@ -13,15 +13,18 @@ Which model predicts which study:
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
 from .. import VERTEBRAE
+from ..config import load_config
 from ..data.cache import cached_uids, load_study
 from ..io_utils import atomic_write_csv
 from ..paths import localisation_path
 from ..runs import is_finished, run_dir
+from . import LOCALIZER_EXPERIMENT, LOCALIZER_MODEL
 from .extents import extents_for, min_voxels
 from .metrics import nanmean
 from .predict import load_localizers, segment_study
@@ -128,3 +131,47 @@ def build_table(cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, annou
         announce(f"[localisation] out-of-fold on {len(dices)} segmented studies: dice {summary['dice']:.4f}, "
                  f"slice_iou {summary['slice_iou']:.4f}")
     return table, summary
+
+
+# Keys of the calling experiment that the localiser must share: where the data, cache, folds, runs and
+# table live, how folds are cut, and how runs are executed and logged.
+SHARED_KEYS = ("data_dir", "demo.dir", "cache_dir", "folds_dir", "runs_dir", "localisation_table", "n_folds",
+               "seed", "device", "num_workers", "progress", "profile", "wandb.mode", "wandb.dir", "wandb.project",
+               "wandb.entity")
+
+
+def localizer_config(cfg, cache_dir: Path | None = None):
+    """configs/localizer.yaml with the calling experiment's shared settings (``SHARED_KEYS``)."""
+    overrides = []
+    for key in SHARED_KEYS:
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        if key == "cache_dir" and cache_dir is not None:
+            node = str(cache_dir)
+        overrides.append(f"{key}={node if isinstance(node, str) else json.dumps(node)}")
+    return load_config(overrides, default_experiment=LOCALIZER_EXPERIMENT)
+
+
+def ensure_localisation(cfg, data_dir: Path, cache_dir: Path, announce=print) -> Path:
+    """The localisation table's path, building it first if it is missing or lacks cached train studies:
+    trains the localiser folds ``localizer.folds`` of configs/localizer.yaml that have no best.pt yet,
+    then predicts every cached study."""
+    from ..data.folds import ensure_folds
+    from .table import read_table
+
+    path = localisation_path(cfg, cache_dir)
+    if path.exists():
+        lacking = set(cached_uids(cache_dir, "train_images")) - set(read_table(path)["StudyInstanceUID"])
+        if not lacking:
+            announce(f"[localisation] {path}: present for every cached study")
+            return path
+        announce(f"[localisation] {path} lacks {len(lacking)} cached studies: rebuilding it")
+    else:
+        announce(f"[localisation] no table at {path}: building it with configs/{LOCALIZER_EXPERIMENT}.yaml")
+    # called with the localiser's own config (src.localize, tests): keep it; from a classifier: localizer.yaml
+    loc_cfg = cfg if cfg["model"] == LOCALIZER_MODEL else localizer_config(cfg, cache_dir)
+    folds = ensure_folds(loc_cfg, data_dir, announce=announce)
+    train_missing_folds(loc_cfg, data_dir, cache_dir, folds, announce=announce)
+    build_table(loc_cfg, data_dir, cache_dir, folds, announce=announce)
+    return path

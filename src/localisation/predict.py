@@ -25,7 +25,7 @@ from .table import study_rows
 def load_localizers(checkpoints, device: str | torch.device = "cpu") -> list[torch.nn.Module]:
     """Localiser models from ``best.pt`` files (or run folders holding one), in eval mode on ``device``."""
     from ..models.registry import get_model_class
-    from ..training.checkpoint import load_checkpoint, load_model_state
+    from ..models.checkpoint import load_checkpoint, load_model_state
 
     models = []
     for path in checkpoints:

@@ -1,7 +1,7 @@
 """The localisation table: seven rows per study that say where each vertebra is in the study's own terms.
 
 Called by src/localisation/predict.py (one study) and src/localisation/build.py (the whole dataset);
-read by the per-vertebra classifier and by inference. Columns (shared/SPEC.md):
+read by the per-vertebra classifier and by inference. Columns (docs/data.md#the-localisation-table):
 
 - ``StudyInstanceUID``, ``vertebra`` (C1..C7)
 - ``slice_min``, ``slice_max``: the study's own DICOM file numbers (``<n>.dcm``) of the first and last

@@ -1,7 +1,7 @@
 """Which vertebrae of a synthetic study are fractured, and the clefts that show it.
 
 Called by src.synth.study (one study) and src.synth.generate (labels for a whole dataset).
-Labels follow the real training set's prevalence (shared/SPEC.md). Drawing each vertebra
+Labels follow the real training set's prevalence (docs/data.md#the-metric). Drawing each vertebra
 independently cannot match both the per-vertebra rates and ``patient_overall`` (fractured studies
 have about 1.5 fractured vertebrae), so a study is first drawn fractured or not, then its vertebrae
 are drawn independently given "at least one", with per-vertebra probabilities solved so the
@@ -23,7 +23,7 @@ import numpy as np
 from .. import VERTEBRAE
 from .anatomy import LABEL_OF, Part
 
-# shared/SPEC.md, real train labels
+# docs/data.md#the-metric, real train labels
 PATIENT_RATE = 0.476
 VERTEBRA_RATES = {"C1": 0.072, "C2": 0.141, "C3": 0.036, "C4": 0.053, "C5": 0.080, "C6": 0.137, "C7": 0.195}
 

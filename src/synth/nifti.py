@@ -1,6 +1,6 @@
 """Vertebra label volumes as NIfTI files laid out exactly like the Kaggle ``segmentations/<UID>.nii``.
 
-Called by src.synth.generate for the studies that get a mask. The convention (shared/SPEC.md),
+Called by src.synth.generate for the studies that get a mask. The convention (docs/data.md#mask-orientation),
 which the mask reader is written against:
 
 - array (nibabel ``dataobj``) of shape (cols, rows, slices); element [i, j, k] is the label of DICOM

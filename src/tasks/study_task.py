@@ -19,7 +19,7 @@ import pandas as pd
 
 from .. import TARGETS
 from ..data.cache import cached_uids
-from ..folds import read_labels
+from ..data.folds import read_labels
 from ..metric import summarize
 from ..models.registry import model_settings
 
@@ -80,7 +80,7 @@ class StudyClassificationTask:
         return metrics, oof
 
     def figures(self, metrics: dict, oof: pd.DataFrame, val_dataset, out_dir: Path) -> dict[str, Path]:
-        from ..training.plots import confusion_matrices, roc_curves
+        from .plots import confusion_matrices, roc_curves
 
         truth = self.val_frame.set_index("StudyInstanceUID").loc[oof["StudyInstanceUID"], TARGETS].to_numpy(float)
         probs = oof[TARGETS].to_numpy(float)

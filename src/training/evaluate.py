@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ..models.checkpoint import load_checkpoint, load_model_state
 from ..models.registry import get_model_class
 from . import distributed
-from .checkpoint import load_checkpoint, load_model_state
 from .device import autocast_for, pick_device, place_model, to_device
 from .loaders import validation_loader
 

@@ -36,7 +36,8 @@ from ..config import save_config
 from ..io_utils import atomic_write_csv, atomic_write_json, remove_stale_temporaries
 from ..models.registry import get_model_class, model_family
 from . import distributed
-from .checkpoint import load_checkpoint, load_model_state, model_state, rng_state, save_checkpoint, set_rng_state
+from ..models.checkpoint import load_checkpoint, load_model_state, model_state
+from .checkpoint import rng_state, save_checkpoint, set_rng_state
 from .device import autocast_for, pick_device, place_model, to_device, tune_backends
 from .ema import WeightAverage
 from .evaluate import judge, predict
