@@ -142,3 +142,5 @@ def test_changed_keys_ignores_what_a_resume_may_change():
     saved = {"lr": 0.1, "epochs": 2, "wandb": {"mode": "offline"}, "cnn3d": {"widths": [4, 8]}}
     current = {"lr": 0.1, "epochs": 5, "wandb": {"mode": "online"}, "cnn3d": {"widths": [4, 16]}}
     assert changed_keys(saved, current) == ["cnn3d.widths"]
+    # keys the code gained or dropped since (a run started with the old task: key) are no change of settings
+    assert changed_keys({**saved, "task": "classify"}, {**current, "profile": "auto"}) == ["cnn3d.widths"]

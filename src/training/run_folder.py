@@ -63,7 +63,8 @@ def move_aside(folder: Path) -> Path:
 def changed_keys(saved: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ between two resolved configs, ignoring those a resume may change."""
     flat_saved, flat_current = _flatten(saved), _flatten(current)
-    keys = sorted(flat_saved)  # a key the saved config lacks was added to the code since: not a change of settings
+    # a key only one side has was added to the code since, or removed from it (task:): not a change of settings
+    keys = sorted(set(flat_saved) & set(flat_current))
     return [k for k in keys if flat_saved.get(k) != flat_current.get(k)
             and k not in RESUMABLE_CHANGES and not k.startswith(RESUMABLE_PREFIXES)]
 
