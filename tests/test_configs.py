@@ -67,7 +67,7 @@ def test_experiment_trains_a_few_steps(name, tiny):
 
 def _repeated(own: dict, inherited: dict, prefix: str = ""):
     for key, value in own.items():
-        if key in ("inherit", "on_demo"):
+        if key in ("inherit", "on_demo", "model"):  # every file names its model, even the default's
             continue
         if isinstance(value, dict) and isinstance(inherited.get(key), dict):
             yield from _repeated(value, inherited[key], f"{prefix}{key}.")
