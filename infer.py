@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 
 from src.config import ConfigError, run_main
-from src.inference.runs import RunNotFoundError
+from src.runs import RunNotFoundError
 from src.metric import SubmissionError
 
 

@@ -133,8 +133,10 @@ COMBINE_SPACES = ("prob", "logit")
 
 def read_ensemble(path: Path) -> dict:
     """``ensemble.json`` as ``python -m src.ensemble`` writes it, checked: ``members`` (run names), ``weights``
-    (one per member), ``combine`` (prob or logit), ``nested_cv`` ({"score", "prob", "logit"}), ``member_cv``
-    ({run: score}), ``spaces``, ``n_studies``, ``n_folds``, ``notes``. Raises ValueError naming the file."""
+    (one per member), ``combine`` (prob or logit), then what the fit measured, ``nested_cv`` ({"score", "prob",
+    "logit"}), ``member_cv`` ({run: score}), ``spaces``, ``n_studies``, ``n_folds``, ``notes``. The first three
+    are required (inference needs no more; a hand-written file may stop there); ``nested_cv``, when present,
+    must hold a numeric ``score``. Raises ValueError naming the file."""
     import json
 
     try:
@@ -142,9 +144,12 @@ def read_ensemble(path: Path) -> dict:
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: cannot read the ensemble file ({err}); re-run `python -m src.ensemble`") from err
     ok = (isinstance(data, dict) and isinstance(data.get("members"), list) and isinstance(data.get("weights"), list)
-          and len(data["members"]) == len(data["weights"]) and data.get("combine") in COMBINE_SPACES
-          and isinstance(data.get("nested_cv"), dict) and isinstance(data["nested_cv"].get("score"), (int, float)))
+          and len(data["members"]) == len(data["weights"]) and data.get("combine") in COMBINE_SPACES)
+    nested = data.get("nested_cv") if isinstance(data, dict) else None
+    if ok and nested is not None:
+        ok = isinstance(nested, dict) and isinstance(nested.get("score"), (int, float))
     if not ok:
         raise ValueError(f"{path}: not an ensemble file (needs members, weights of the same length, combine "
-                         f"{'|'.join(COMBINE_SPACES)} and nested_cv.score); re-run `python -m src.ensemble`")
+                         f"{'|'.join(COMBINE_SPACES)}, and a numeric nested_cv.score if any); "
+                         f"re-run `python -m src.ensemble`")
     return data

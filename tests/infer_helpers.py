@@ -72,6 +72,7 @@ def save_untrained_run(runs_dir, name, data_dir, extra=(), fold=0, seed=0):
     plain = OmegaConf.to_container(cfg, resolve=True)
     torch.save({"model": model.state_dict(), "config": plain, "model_name": cfg["model"], "epoch": 0}, folder / "best.pt")
     (folder / "config.yaml").write_text(yaml.safe_dump(plain))
+    (folder / "metrics.json").write_text("{}")  # finished, as the training loop leaves a run
     return folder
 
 

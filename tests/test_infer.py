@@ -14,7 +14,7 @@ import torch
 
 from src import TARGETS
 from src.config import ConfigError, load_config, run_main
-from src.inference.prior import SPEC_PREVALENCE, label_prior
+from src.inference.prior import REAL_PREVALENCE, label_prior
 from src.inference.test_csv import build_submission, check_submission, read_test_csv, study_order, write_submission
 from src.metric import SubmissionError, to_wide
 
@@ -241,6 +241,20 @@ def test_missing_runs_and_bad_settings_are_clear_errors(data_dir, runs_dir, tmp_
     assert not (tmp_path / "x.csv").exists()
 
 
+def test_an_unfinished_fold_is_never_predicted_with(data_dir, runs_dir, tmp_path):
+    """A fold whose training was interrupted has a best.pt of its best epoch so far: not a result to submit."""
+    runs = tmp_path / "runs"
+    shutil.copytree(runs_dir, runs)
+    (runs / "cnn3d" / "fold1" / "metrics.json").unlink()
+    with pytest.raises(ConfigError, match="fold\\(s\\) \\[1\\] not finished"):
+        run_infer(data_dir, runs, tmp_path / "x.csv", "members=[{run: cnn3d, folds: [0, 1]}]")
+    result = run_infer(data_dir, runs, tmp_path / "y.csv", "members=[cnn3d]")  # "all" = the finished ones
+    assert result["path"].exists()
+    (runs / "localizer" / "fold0" / "metrics.json").unlink()
+    with pytest.raises(ConfigError, match="localizer.*not finished"):
+        run_infer(data_dir, runs, tmp_path / "z.csv", "members=[effnet_gru]")
+
+
 # ---- one bad piece costs only itself: runs that cannot load, rows test.csv cannot explain ----
 
 def copy_with_truncated(runs_dir, tmp_path, *pieces):
@@ -382,14 +396,18 @@ def test_an_invalid_submission_is_never_written(tmp_path):
         write_submission(good, test, tmp_path)  # output= names a folder
 
 
-def test_prior_comes_from_train_csv_else_the_spec(tmp_path, data_dir):
+def test_prior_comes_from_train_csv_else_the_real_prevalence(tmp_path, data_dir):
     rates, source = label_prior(data_dir)
     expected = pd.read_csv(data_dir / "train.csv")[TARGETS].mean().to_numpy()
-    np.testing.assert_allclose(rates, expected) and "train.csv" in source
+    np.testing.assert_allclose(rates, expected)
+    assert "train.csv" in source
     rates, source = label_prior(tmp_path)
-    np.testing.assert_allclose(rates, SPEC_PREVALENCE) and "SPEC" in source
+    np.testing.assert_allclose(rates, REAL_PREVALENCE)
+    assert "real train set prevalence" in source and "no train.csv" in source
     (tmp_path / "train.csv").write_text("garbage\n1\n")
-    np.testing.assert_allclose(label_prior(tmp_path)[0], SPEC_PREVALENCE)
+    rates, source = label_prior(tmp_path)
+    np.testing.assert_allclose(rates, REAL_PREVALENCE)
+    assert "unusable" in source
 
 
 # ---- Kaggle parity: trained runs, a study through infer.py == its row in oof.csv ----

@@ -3,7 +3,7 @@
 Called by the inference pipeline when a member classifies vertebra crops. The models and the per-study
 step are src/localisation/predict.py's (``load_localizers``, ``localise_volume``), the same code that
 built the training table, fed the study at the localiser's own cache size. ``localisation_table=``
-(a CSV in the SPEC's format) takes a study's rows from that file instead when it has all seven, which
+(a CSV in the format of docs/data.md#the-localisation-table) takes a study's rows from that file instead when it has all seven, which
 is how a parity check reproduces the table the classifier was validated on.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pandas as pd
 from .. import VERTEBRAE
 from ..config import ConfigError
 from .fallbacks import one_line
-from .runs import select_folds
+from ..runs import select_folds
 
 
 @dataclass

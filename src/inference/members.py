@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from ..config import ConfigError
 from .fallbacks import one_line
 from .inputs import InputSpec, input_spec
-from .runs import select_folds
+from ..runs import select_folds
 
 
 def read_run_config(fold_dir: Path, checkpoint: dict) -> dict:

@@ -87,7 +87,8 @@ class Predictor:
             log.add(kind, uid, detail)
             return None
         if study.skipped:
-            log.add("slices", uid, f"{len(study.skipped)} unreadable slice(s) skipped ({', '.join(study.skipped[:3])}"
+            log.add("slices", uid, f"{len(study.skipped)} file(s) skipped, unreadable or outside the kept series "
+                                   f"({', '.join(study.skipped[:3])}"
                                    f"{', ...' if len(study.skipped) > 3 else ''})")
         late = [s for s in self.inputs if s.needs_localisation]
         localisation = None

@@ -7,19 +7,17 @@ Also resolves the member list against an ensemble file written by ``python -m sr
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from ..config import CONFIG_DIR, ConfigError, load_experiment_file, parse_overrides
-from ..ensembling.weights import COMBINE_SPACES
 from ..data.demo import resolve_data_dir
 from ..paths import _abs, has_labels
+from ..runs import COMBINE_SPACES, ensemble_path, read_ensemble
 
 INFER_CONFIG = CONFIG_DIR / "infer.yaml"
-ENSEMBLE_FILE = "ensemble.json"
 _MEMBER_KEYS = {"run", "weight", "folds"}
 
 
@@ -103,16 +101,11 @@ def resolve_test_data(cfg: dict, announce=print) -> Path:
 
 
 def read_ensemble_file(path: Path) -> dict:
+    """``ensemble.json`` checked against its schema (src/runs.py), a bad one a config error naming it."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read the ensemble file ({err}); re-run `python -m src.ensemble`") from err
-    ok = (isinstance(data, dict) and isinstance(data.get("members"), list) and isinstance(data.get("weights"), list)
-          and len(data["members"]) == len(data["weights"]) and data.get("combine") in COMBINE_SPACES)
-    if not ok:
-        raise ConfigError(f"{path}: not an ensemble file (needs members, weights of the same length, combine "
-                          f"{'|'.join(COMBINE_SPACES)}); re-run `python -m src.ensemble`")
-    return data
+        return read_ensemble(path)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def resolve_members(cfg: dict, announce=print) -> tuple[list[MemberSpec], str, str]:
@@ -129,7 +122,7 @@ def resolve_members(cfg: dict, announce=print) -> tuple[list[MemberSpec], str, s
     if choice.lower() in ("none", "null", ""):
         pass
     elif choice == "auto":
-        path = _abs(cfg["runs_dir"]) / ENSEMBLE_FILE
+        path = ensemble_path(_abs(cfg["runs_dir"]))
         if path.exists():
             found = read_ensemble_file(path)
             if sorted(found["members"]) == sorted(m.run for m in members):

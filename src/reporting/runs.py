@@ -145,6 +145,8 @@ def find_ensemble_cv(runs_dir: Path) -> EnsembleCV | None:
         data = read_ensemble(path)
     except ValueError as err:
         return EnsembleCV(path, None, problem=str(err))
+    if "nested_cv" not in data:
+        return EnsembleCV(path, None, problem="it holds weights but no nested CV (not fitted by `python -m src.ensemble`)")
     per_fold = data.get("spaces", {}).get(data["combine"], {}).get("nested_per_fold", {})
     return EnsembleCV(path, float(data["nested_cv"]["score"]), data["combine"], list(data["members"]),
                       {str(k): v for k, v in per_fold.items() if isinstance(v, (int, float))})

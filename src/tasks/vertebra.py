@@ -5,7 +5,7 @@ Used by the EfficientNet + GRU classifier (src/models/effnet_gru.py), or any cro
 :class:`VertebraCrops` builds the stacks from a study's arrays; :class:`VertebraDataset` feeds it cached
 studies (training, validation) and :meth:`VertebraTask.study_batch` a test study read straight from
 DICOM (src/inference). Where each vertebra is comes from the localisation table
-(src.paths.localisation_path; columns in shared/SPEC.md): its slice range in the study's own DICOM
+(src.paths.localisation_path; columns in docs/data.md#the-localisation-table): its slice range in the study's own DICOM
 numbers and its box in original slice pixels. For each vertebra, ``n_slices`` slices are sampled evenly
 over the range; each carries ``neighbours`` slices either side as extra channels (2.5D, a thin fracture
 line is clearer across adjacent slices) times every HU window, and is cropped to the vertebra's box
