@@ -238,7 +238,7 @@ def test_localiser_trains_through_the_loop_and_writes_the_table(tmp_path):
 def test_an_interrupted_localiser_fold_is_finished_before_the_table_uses_it(tmp_path, monkeypatch):
     """Stopping the first train.sh during the localiser must not let the next one build the table from the
     best epoch so far: the fold is resumed to its last epoch, and only then predicts."""
-    import src.training.loop as loop
+    from interruptions import stopped_after_first_epoch
     from src.data.folds import ensure_folds
     from src.localisation.build import fold_checkpoints, train_missing_folds
     from src.runs import run_dir
@@ -248,20 +248,8 @@ def test_an_interrupted_localiser_fold_is_finished_before_the_table_uses_it(tmp_
     install_folds(tiny)
     cfg = _tiny_localizer_cfg(tiny, **{"localizer.folds": [0], "epochs": 2})
     folds = ensure_folds(cfg, tiny["data_dir"])
-    real_save = loop.save_checkpoint
-
-    class Interrupted(Exception):
-        pass
-
-    def save_then_stop(path, **content):
-        real_save(path, **content)
-        if path.name == "last.pt":
-            raise Interrupted  # Ctrl-C right after epoch 0
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_stop)
-    with pytest.raises(Interrupted):
-        train_missing_folds(cfg, tiny["data_dir"], tiny["cache_dir"], folds, announce=lambda *_: None)
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    stopped_after_first_epoch(monkeypatch, lambda: train_missing_folds(cfg, tiny["data_dir"], tiny["cache_dir"], folds,
+                                                                      announce=lambda *_: None))  # Ctrl-C
     folder = run_dir(cfg, fold=0)
     assert (folder / "best.pt").exists() and fold_checkpoints(cfg) == {}  # half-trained: not usable
 

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-import src.training.loop as loop
 from src import locks
 from src.train import main
 from src.training.run_folder import changed_keys, lock_file
 from fake_training_data import install_folds, make_tiny_dataset, overrides
+from interruptions import stopped_after_first_epoch
 
 TINY_CNN = ["config=cnn3d", "cnn3d.shape=[8,16,16]", "cnn3d.widths=[4,8]", "cnn3d.blocks=1"]
 STRAIGHT = dict(epochs=2, max_steps_per_epoch=3)
@@ -72,22 +72,8 @@ def test_overwrite_moves_the_finished_run_aside_and_starts_over(tiny, capsys):
                              for f in (folder, moved[0])])
 
 
-class Killed(Exception):
-    pass
-
-
 def kill_after_first_epoch(monkeypatch, args):
-    real_save = loop.save_checkpoint
-
-    def save_then_die(path, **content):
-        real_save(path, **content)
-        if path.name == "last.pt":
-            raise Killed
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        main(args)
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    stopped_after_first_epoch(monkeypatch, lambda: main(args))
 
 
 def test_an_interrupted_run_is_resumed_without_being_asked_and_ends_as_an_uninterrupted_one(tiny, monkeypatch, capsys):
@@ -123,7 +109,7 @@ def test_a_training_already_running_in_the_folder_stops_the_second(tiny, capsys)
             main(args_for(tiny, "locked"))
     assert stopped.value.code == 2
     message = capsys.readouterr().err
-    assert str(folder) in message and f"pid" in message
+    assert str(folder) in message and "pid" in message
     assert not (folder / "metrics.json").exists()
     main(args_for(tiny, "locked"))  # once the first is gone, it runs
     assert (folder / "metrics.json").exists()

@@ -16,6 +16,7 @@ from src.train import main
 from src.training import TrainingStopped
 from src.training.schedule import warmup_cosine_factor
 from fake_training_data import install_folds, make_tiny_dataset, overrides
+from interruptions import stopped_after_first_epoch
 
 TINY_CNN = ["config=cnn3d", "cnn3d.shape=[8,16,16]", "cnn3d.widths=[4,8]", "cnn3d.blocks=1"]
 
@@ -77,23 +78,9 @@ def test_prior_score_uses_the_training_folds_label_rates(tiny):
     assert saved["prior_score"] == pytest.approx(competition_score(val, np.tile(rates, (len(val), 1))))
 
 
-class Killed(Exception):
-    pass
-
-
 def killed_after_first_epoch(monkeypatch, args):
     """Run ``main(args)`` as a process that dies right after writing the first epoch's last.pt."""
-    real_save = loop.save_checkpoint
-
-    def save_then_die(path, **content):
-        real_save(path, **content)
-        if path.name == "last.pt":
-            raise Killed
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        main(args)
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    stopped_after_first_epoch(monkeypatch, lambda: main(args))
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny, straight_run, monkeypatch):
