@@ -66,8 +66,11 @@ def train_missing_folds(cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFram
     for k in todo:
         fold_cfg = OmegaConf.merge(cfg, {"fold": k})
         folder = run_dir(fold_cfg)
-        state = "was interrupted: finishing" if (folder / "last.pt").exists() else "training"
-        announce(f"[localisation] the localiser for fold {k} {state} it in {folder} ({fold_cfg['epochs']} epochs)")
+        if (folder / "last.pt").exists():
+            announce(f"[localisation] the localiser for fold {k} was interrupted: finishing it in {folder} "
+                     f"({fold_cfg['epochs']} epochs)")
+        else:
+            announce(f"[localisation] training the localiser for fold {k} into {folder} ({fold_cfg['epochs']} epochs)")
         task = LocalisationTask(fold_cfg, data_dir, cache_dir, folds, announce=announce)
         fit(fold_cfg, task, folder, dataset_kind=fold_cfg["dataset_kind"], announce=announce)
 
