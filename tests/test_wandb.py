@@ -100,6 +100,7 @@ def _outward_connects(trace: str) -> list[str]:
     return [line for line in trace.splitlines() if "connect(" in line and not any(mark in line for mark in local)]
 
 
+@pytest.mark.slow  # about a minute: wandb's service under strace in a namespace of its own
 def test_a_run_without_login_or_wandb_mode_opens_no_network_connection(tmp_path):
     """wandb's service is a separate process, so this watches every process of a tiny training with strace,
     inside a network namespace of its own (loopback only): any connect() elsewhere is a W&B leak."""
