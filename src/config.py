@@ -45,6 +45,20 @@ def _flat_keys(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def flatten(node: dict, prefix: str = "") -> dict:
+    """The leaves of a nested config under dotted keys: {"cnn3d": {"shape": [..]}} -> {"cnn3d.shape": [..]}.
+
+    Used where configs are compared or logged key by key (W&B's config table, a resumed run's settings).
+    """
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def closest_keys(key: str, valid: Iterable[str], n: int = 3) -> list[str]:
     """Valid dotted keys that look most like ``key`` (whole name first, then the last component)."""
     valid = list(valid)

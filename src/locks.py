@@ -60,21 +60,3 @@ def exclusive(lock_file: Path, what: str, wait: bool = False, announce=None) -> 
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
-
-
-def is_locked(lock_file: Path) -> bool:
-    """True while another process holds ``lock_file``'s lock (False when nobody does, or it does not exist)."""
-    lock_file = Path(lock_file)
-    if not lock_file.exists():
-        return False
-    try:
-        fd = os.open(lock_file, os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False

@@ -10,7 +10,8 @@ import pytest
 from fake_training_data import install_folds, make_tiny_dataset, overrides
 from src import TARGETS
 from src.train import main
-from src.training.wandb_log import flatten, resolve_mode
+from src.config import flatten
+from src.training.wandb_log import resolve_mode
 
 
 def test_mode_auto_is_offline_without_a_login(monkeypatch, tmp_path):

@@ -18,23 +18,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from omegaconf import OmegaConf
 
 from ..config import ConfigError
+from ..runs import read_run_config, select_folds
 from .fallbacks import one_line
 from .inputs import InputSpec, input_spec
-from ..runs import select_folds
 
 
-def read_run_config(fold_dir: Path, checkpoint: dict) -> dict:
-    """The resolved config the weights were trained with: the checkpoint's own copy, else config.yaml."""
+def prediction_config(fold_dir: Path, checkpoint: dict) -> dict:
+    """The resolved config the weights were trained with (the checkpoint's own copy, else the fold's
+    config.yaml), set up to build the network offline."""
     cfg = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     if not isinstance(cfg, dict):
-        path = Path(fold_dir) / "config.yaml"
-        if not path.exists():
+        cfg = read_run_config(fold_dir)
+        if cfg is None:
             raise ConfigError(f"{fold_dir}: neither best.pt nor config.yaml holds the run's config; re-train the fold")
-        cfg = yaml.safe_load(path.read_text()) or {}
     # Offline: the trained weights replace any pretrained ones, so nothing may be fetched to build the net.
     return dict(cfg, pretrained=False, pretrained_path=None)
 
@@ -51,7 +50,7 @@ def load_fold_model(fold_dir: Path, device: torch.device):
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise ConfigError(f"{path}: no model weights inside (expected the training loop's best.pt)")
-    cfg = OmegaConf.create(read_run_config(fold_dir, checkpoint))
+    cfg = OmegaConf.create(prediction_config(fold_dir, checkpoint))
     OmegaConf.set_readonly(cfg, True)
     model = build_model(cfg)
     try:

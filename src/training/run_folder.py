@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import flatten
 from ..runs import FINISHED_MARKER, is_finished, read_run_config
 
 WORK_FILES = ("last.pt", "best.pt", "history.csv", "oof.csv", FINISHED_MARKER)
@@ -62,7 +63,7 @@ def move_aside(folder: Path) -> Path:
 
 def changed_keys(saved: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ between two resolved configs, ignoring those a resume may change."""
-    flat_saved, flat_current = _flatten(saved), _flatten(current)
+    flat_saved, flat_current = flatten(saved), flatten(current)
     # a key only one side has was added to the code since, or removed from it (task:): not a change of settings
     keys = sorted(set(flat_saved) & set(flat_current))
     return [k for k in keys if flat_saved.get(k) != flat_current.get(k)
@@ -95,7 +96,8 @@ def plan_start(folder: Path, current_config: dict, resume: bool, overwrite: bool
     saved = read_run_config(folder)
     differs = changed_keys(saved, current_config) if saved is not None else []
     if differs and not resume:
-        shown = ", ".join(f"{k}: {_flatten(saved).get(k)!r} -> {_flatten(current_config).get(k)!r}" for k in differs[:5])
+        old, new = flatten(saved), flatten(current_config)
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differs[:5])
         raise RunFolderError(
             f"{folder} holds an unfinished run started with other settings ({shown}"
             f"{', ...' if len(differs) > 5 else ''}). To continue it with these settings anyway: resume=true; "
@@ -115,13 +117,3 @@ def _finished_score(folder: Path) -> str:
         if isinstance(metrics.get(key), (int, float)):
             return f" ({key} {metrics[key]:.4f})"
     return ""
-
-
-def _flatten(node, prefix: str = "") -> dict:
-    out = {}
-    for key, value in (node or {}).items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -14,16 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-
-def flatten(node, prefix: str = "") -> dict:
-    """{"cnn3d": {"shape": [..]}} -> {"cnn3d.shape": [..]}: W&B's config table filters on flat keys."""
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+from ..config import flatten
 
 
 def logged_in() -> bool:
