@@ -18,5 +18,5 @@ def synthetic_inputs(overrides: list[str], why_synthetic: str):
     cache_dir = resolve_cache_dir(cfg, data_dir)
     table_path = localisation_path(cfg, cache_dir)
     if not table_path.exists():
-        sys.exit(f"no localisation table at {table_path}; build it with `python -m src.localize`")
+        sys.exit(f"no localisation table at {table_path}; build it with `python -m src.localise`")
     return cfg, data_dir, cache_dir, read_localisation(table_path)

@@ -40,7 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 HIDDEN_TEST_STUDIES = 1500
 KAGGLE_LIMIT_H = 9.0
-EXPERIMENTS = ("effnet_gru", "cnn3d", "localizer")
+EXPERIMENTS = ("effnet_gru", "cnn3d", "localiser")
 
 
 def profile_config(experiment: str, profile: str, overrides: list[str]):

@@ -1,6 +1,6 @@
 """RSNA 2022 Cervical Spine Fracture Detection: preprocessing, localisation, classification, ensembling.
 
-Entry points are modules run with ``python -m src.<name>``: synth, prepare, folds, localize,
+Entry points are modules run with ``python -m src.<name>``: synth, prepare, folds, localise,
 train, ensemble, score, report. Every one takes ``key=value`` overrides (see src/config.py).
 """
 

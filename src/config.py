@@ -170,14 +170,14 @@ EXPERIMENT_RULES: dict[str, Rule] = {
     "cnn3d.shape": _SHAPE, "cnn3d.widths": Rule(min_length=1, low=1), "cnn3d.blocks": _COUNT,
     "cnn3d.dropout": _DROPOUT, "cnn3d.aug_flip_lr": _PROBABILITY, "cnn3d.aug_hu_scale": _NON_NEGATIVE,
     "cnn3d.aug_hu_shift": _NON_NEGATIVE,
-    "localizer.shape": _SHAPE, "localizer.channels": Rule(min_length=2, low=1),  # a U-Net has two levels at least
-    "localizer.res_units": _COUNT0, "localizer.dropout": _DROPOUT, "localizer.min_voxel_fraction": _PROBABILITY,
-    "localizer.folds": Rule(low=0, example=[0]), "localizer.crop_prob": _PROBABILITY,
-    "localizer.crop_margin": Rule(length=2, low=0), "localizer.refine_margin": _NON_NEGATIVE,
-    "localizer.aug_p_affine": _PROBABILITY, "localizer.aug_scale": _NON_NEGATIVE,
-    "localizer.aug_shift": _NON_NEGATIVE, "localizer.aug_rotate": _NON_NEGATIVE,
-    "localizer.aug_flip_lr": _PROBABILITY, "localizer.aug_hu_scale": _NON_NEGATIVE,
-    "localizer.aug_hu_shift": _NON_NEGATIVE,
+    "localiser.shape": _SHAPE, "localiser.channels": Rule(min_length=2, low=1),  # a U-Net has two levels at least
+    "localiser.res_units": _COUNT0, "localiser.dropout": _DROPOUT, "localiser.min_voxel_fraction": _PROBABILITY,
+    "localiser.folds": Rule(low=0, example=[0]), "localiser.crop_prob": _PROBABILITY,
+    "localiser.crop_margin": Rule(length=2, low=0), "localiser.refine_margin": _NON_NEGATIVE,
+    "localiser.aug_p_affine": _PROBABILITY, "localiser.aug_scale": _NON_NEGATIVE,
+    "localiser.aug_shift": _NON_NEGATIVE, "localiser.aug_rotate": _NON_NEGATIVE,
+    "localiser.aug_flip_lr": _PROBABILITY, "localiser.aug_hu_scale": _NON_NEGATIVE,
+    "localiser.aug_hu_shift": _NON_NEGATIVE,
     "effnet_gru.encoder": _TEXT, "effnet_gru.n_slices": _COUNT, "effnet_gru.neighbours": _COUNT0,
     "effnet_gru.crop_size": _COUNT, "effnet_gru.margin": _NON_NEGATIVE, "effnet_gru.gru_hidden": _COUNT,
     "effnet_gru.drop_rate": _DROPOUT, "effnet_gru.patient_head": Rule(choices=("noisy_or", "max", "learned")),
@@ -308,17 +308,17 @@ def coerce(key: str, old: Any, raw: str, rule: Rule | None = None) -> Any:
 
 
 def _check_folds(cfg: dict) -> None:
-    """``fold`` and ``localizer.folds`` name folds of the split: 0..n_folds-1 (a relation no single rule sees)."""
+    """``fold`` and ``localiser.folds`` name folds of the split: 0..n_folds-1 (a relation no single rule sees)."""
     if not isinstance(cfg.get("n_folds"), int):
         return
     n_folds = cfg["n_folds"]
     wanted = f"a fold of n_folds={n_folds}: 0..{n_folds - 1}"
     if isinstance(cfg.get("fold"), int) and not 0 <= cfg["fold"] < n_folds:
         raise ConfigError(f"'fold' expects {wanted}, got {cfg['fold']!r}")
-    localizer = cfg.get("localizer")
-    for i, fold in enumerate((localizer.get("folds") or []) if isinstance(localizer, dict) else []):
+    localiser = cfg.get("localiser")
+    for i, fold in enumerate((localiser.get("folds") or []) if isinstance(localiser, dict) else []):
         if not 0 <= fold < n_folds:
-            raise ConfigError(f"'localizer.folds[{i}]' expects {wanted}, got {fold!r}")
+            raise ConfigError(f"'localiser.folds[{i}]' expects {wanted}, got {fold!r}")
 
 
 def split_args(argv: Iterable[str]) -> list[tuple[str, str]]:

@@ -42,14 +42,14 @@ def draw_figures(report: Report, folder: Path) -> dict[str, Path]:
         figures["Score per fold"] = plots.plot_fold_scores(
             report.runs, classifiers, folder / "fold_scores.png", reference=None if np.isnan(prior) else float(prior))
     localisers = list(report.localisers["experiment"])
-    if any(r.history is not None and r.task == "localize" for r in report.runs):
-        training = sorted({r.experiment for r in report.runs if r.task == "localize" and r.history is not None}
+    if any(r.history is not None and r.task == "localise" for r in report.runs):
+        training = sorted({r.experiment for r in report.runs if r.task == "localise" and r.history is not None}
                           - set(localisers))
         figures["Localiser learning curves"] = plots.plot_learning_curves(
-            report.runs, localisers + training, folder / "localiser_curves.png", metric="dice", task="localize")
+            report.runs, localisers + training, folder / "localiser_curves.png", metric="dice", task="localise")
     if localisers:
         figures["Localiser dice per fold"] = plots.plot_fold_scores(
-            report.runs, localisers, folder / "localiser_fold_dice.png", metric="dice", task="localize")
+            report.runs, localisers, folder / "localiser_fold_dice.png", metric="dice", task="localise")
     return figures
 
 

@@ -92,7 +92,7 @@ def select_folds(runs_dir: Path, run: str, folds="all", needs: str = "best.pt") 
     still = f" (fold(s) {unfinished} not finished: train them to the end first)" if unfinished else ""
     if not found:
         raise RunNotFoundError(f"run '{run}' has no finished fold with {needs} in {runs_dir}{still}; "
-                               f"{describe_available(runs_dir, needs)}")
+                               f"{describe_available(runs_dir, needs)}{old_name_hint(runs_dir, run)}")
     if folds in ("all", None):
         return found
     wanted = [folds] if isinstance(folds, int) else list(folds)
@@ -103,14 +103,35 @@ def select_folds(runs_dir: Path, run: str, folds="all", needs: str = "best.pt") 
     return {f: found[f] for f in wanted}
 
 
+# Model, config-section and run names saved before the project settled on one spelling, and today's.
+RENAMED = {"localizer": "localiser"}
+
+
+def current_names(config: dict) -> dict:
+    """A saved run config with the names of today's code: a run trained before a rename still loads."""
+    config = {RENAMED.get(key, key): value for key, value in config.items()}
+    if config.get("model") in RENAMED:
+        config["model"] = RENAMED[config["model"]]
+    return config
+
+
+def old_name_hint(runs_dir: Path, run: str) -> str:
+    """A sentence when ``run`` has no folder but its name from before a rename has one, else ''."""
+    for old, new in RENAMED.items():
+        if new == run and (Path(runs_dir) / old).is_dir() and not (Path(runs_dir) / new).exists():
+            return (f"; {Path(runs_dir) / old} is this run under its old name: "
+                    f"`mv {Path(runs_dir) / old} {Path(runs_dir) / new}` to use it")
+    return ""
+
+
 def read_run_config(folder: Path) -> dict | None:
-    """A fold's resolved ``config.yaml``, or None when it is missing or unreadable."""
+    """A fold's resolved ``config.yaml`` (in today's names), or None when it is missing or unreadable."""
     path = Path(folder) / "config.yaml"
     try:
         data = yaml.safe_load(path.read_text()) if path.is_file() else None
     except (OSError, yaml.YAMLError):
         return None
-    return data if isinstance(data, dict) else None
+    return current_names(data) if isinstance(data, dict) else None
 
 
 def run_labels(config: dict) -> Path:

@@ -87,7 +87,7 @@ def write_scout(study_dir: Path, uid: str) -> None:
                          pixel_spacing=(1.0, 1.0), slice_thickness=1.0)
     ds = pydicom.dcmread(path)
     ds.SeriesInstanceUID = derived_uid(uid, "scout")
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALISER"]
     ds.save_as(path)
 
 

@@ -33,7 +33,7 @@ MODELS = {
     "cnn3d": ["cnn3d.shape=[8,16,16]", "cnn3d.widths=[4,8]", "cnn3d.blocks=1", "prepare.size=16"],
     "effnet_gru": ["effnet_gru.encoder=test_efficientnet", "effnet_gru.n_slices=3", "effnet_gru.neighbours=1",
                    "effnet_gru.crop_size=32", "effnet_gru.gru_hidden=8", "pretrained=false", "prepare.size=32"],
-    "localizer": ["localizer.shape=[16,16,16]", "localizer.channels=[4,8]", "localizer.res_units=0", "prepare.size=32"],
+    "localiser": ["localiser.shape=[16,16,16]", "localiser.channels=[4,8]", "localiser.res_units=0", "prepare.size=32"],
 }
 
 

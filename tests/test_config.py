@@ -121,8 +121,8 @@ def one_line_error(call, *args):
     ("windows=[1]", "list"), ("windows=[]", "at least 1"), ("windows=[[400]]", "[center, width] pair"),
     ("windows=[[400, 0]]", "width > 0"), ("windows=[[400, abc]]", "number"),
     ("cnn3d.widths=[]", "at least 1"), ("cnn3d.widths=[16, 0]", ">= 1"), ("cnn3d.shape=[64, 64]", "3 elements"),
-    ("cnn3d.dropout=1.5", "< 1"), ("localizer.crop_prob=2", "<= 1"), ("localizer.folds=[7]", "0..4"),
-    ("localizer.folds=[a]", "integer"), ("localizer.channels=[8]", "at least 2"), ("tags=[1]", "text"),
+    ("cnn3d.dropout=1.5", "< 1"), ("localiser.crop_prob=2", "<= 1"), ("localiser.folds=[7]", "0..4"),
+    ("localiser.folds=[a]", "integer"), ("localiser.channels=[8]", "at least 2"), ("tags=[1]", "text"),
     ("precision=fp16", "auto, bf16, fp32"), ("device=gpu", "cuda"), ("prepare.splits=[../x]", "plain name"),
     ("experiment=../../x", "plain name"), ("experiment=a/b", "plain name"), ("data_dir=null", "text"),
     ("effnet_gru.patient_head=mean", "noisy_or"), ("wandb.mode=on", "offline"), ("prepare.size=-1", ">= 0"),
@@ -142,7 +142,7 @@ def test_bad_values_are_refused_in_one_line(arg, valid):
     ("pretrained_path=weights/enc.pth", lambda c: c.pretrained_path == "weights/enc.pth"),
     ("wandb.entity=2022", lambda c: c.wandb.entity == "2022"),
     ("windows=[[40.5, 400], [-50, 1800]]", lambda c: [list(w) for w in c.windows] == [[40.5, 400], [-50, 1800]]),
-    ("localizer.folds=[0, 4]", lambda c: list(c.localizer.folds) == [0, 4]),
+    ("localiser.folds=[0, 4]", lambda c: list(c.localiser.folds) == [0, 4]),
     ("tags=[baseline, v2]", lambda c: list(c.tags) == ["baseline", "v2"]),
     ("device=cuda:1", lambda c: c.device == "cuda:1"),
     ("experiment=my-exp_2", lambda c: c.experiment == "my-exp_2"),
@@ -235,7 +235,7 @@ def test_every_rule_names_a_key_of_default_yaml_and_every_default_obeys_it():
 
     keys = _flat_keys(load_experiment_file("default", CONFIG_DIR))
     assert sorted(set(EXPERIMENT_RULES) - set(keys)) == []
-    for name in ("default", "cnn3d", "effnet_gru", "localizer"):
+    for name in ("default", "cnn3d", "effnet_gru", "localiser"):
         load_experiment_file(name, CONFIG_DIR)  # raises on a default that breaks its rule
 
 

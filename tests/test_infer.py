@@ -50,7 +50,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory, data_dir):
     runs = tmp_path_factory.mktemp("runs")
-    for name in ("cnn3d", "effnet_gru", "localizer"):
+    for name in ("cnn3d", "effnet_gru", "localiser"):
         save_untrained_run(runs, name, data_dir)
     save_untrained_run(runs, "cnn3d", data_dir, fold=1, seed=1)
     return runs
@@ -230,8 +230,8 @@ def test_missing_runs_and_bad_settings_are_clear_errors(data_dir, runs_dir, tmp_
         run_infer(data_dir, runs_dir, tmp_path / "x.csv", "members=[cnn3dd]")
     with pytest.raises(ConfigError, match="fold\\(s\\) \\[3\\]"):
         run_infer(data_dir, runs_dir, tmp_path / "x.csv", "members=[{run: cnn3d, folds: [3]}]")
-    with pytest.raises(ConfigError, match="localizer"):
-        run_infer(data_dir, runs_dir, tmp_path / "x.csv", "members=[effnet_gru]", "localizer=nolocaliser")
+    with pytest.raises(ConfigError, match="localiser"):
+        run_infer(data_dir, runs_dir, tmp_path / "x.csv", "members=[effnet_gru]", "localiser=nolocaliser")
     with pytest.raises(ConfigError, match="unknown config key 'member'.*did you mean members"):
         run_infer(data_dir, runs_dir, tmp_path / "x.csv", "member=[cnn3d]")
     with pytest.raises(ConfigError, match="weight"):
@@ -250,8 +250,8 @@ def test_an_unfinished_fold_is_never_predicted_with(data_dir, runs_dir, tmp_path
         run_infer(data_dir, runs, tmp_path / "x.csv", "members=[{run: cnn3d, folds: [0, 1]}]")
     result = run_infer(data_dir, runs, tmp_path / "y.csv", "members=[cnn3d]")  # "all" = the finished ones
     assert result["path"].exists()
-    (runs / "localizer" / "fold0" / "metrics.json").unlink()
-    with pytest.raises(ConfigError, match="localizer.*not finished"):
+    (runs / "localiser" / "fold0" / "metrics.json").unlink()
+    with pytest.raises(ConfigError, match="localiser.*not finished"):
         run_infer(data_dir, runs, tmp_path / "z.csv", "members=[effnet_gru]")
 
 
@@ -302,10 +302,10 @@ def test_when_no_member_can_load_it_is_one_clear_error(data_dir, runs_dir, tmp_p
 
 
 def test_a_localiser_that_cannot_load_is_left_out_and_crops_come_from_an_even_split(data_dir, runs_dir, tmp_path):
-    runs = copy_with_truncated(runs_dir, tmp_path, "localizer/fold0")
+    runs = copy_with_truncated(runs_dir, tmp_path, "localiser/fold0")
     result = run_infer(data_dir, runs, tmp_path / "s.csv", "members=[effnet_gru]", "limit_studies=1")
     log = result["log"]
-    assert log.uids("left_out") == ["localizer"] and "best.pt" in log.events["left_out"][0][1]
+    assert log.uids("left_out") == ["localiser"] and "best.pt" in log.events["left_out"][0][1]
     assert log.uids("localiser") == [GOOD[0]] and log.count("all_members") == 0
     read_submission(tmp_path / "s.csv", data_dir)
 
@@ -444,7 +444,7 @@ def test_kaggle_parity_prediction_equals_the_validation_row(tmp_path, capsys):
     kaggle = tmp_path / "kaggle"
     cached_studies_as_dicom(tiny, uids, kaggle)
     common = [f"data_dir={kaggle}", f"runs_dir={tiny['runs_dir']}", "progress=false", "device=cpu",
-              f"localisation_table={tiny['localisation_table']}", "localizer=no_localiser_trained"]
+              f"localisation_table={tiny['localisation_table']}", "localiser=no_localiser_trained"]
     for experiment, rows in oof.items():
         out = tmp_path / f"{experiment}.csv"
         infer.main(common + [f"members=[{experiment}]", f"output={out}"])

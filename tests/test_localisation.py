@@ -1,4 +1,4 @@
-"""Tests of stage 1, the vertebra localiser (src/localisation, src/models/localizer.py, src/localize.py).
+"""Tests of stage 1, the vertebra localiser (src/localisation, src/models/localiser.py, src/localise.py).
 
 Hand-made label volumes check the maths (Dice, slice IoU, extents, estimates) and the table's mapping
 to DICOM file numbers and original pixels, for a study stored reversed and one with numbering gaps;
@@ -32,7 +32,7 @@ def banded_labels(n_slices: int = 40, size: int = 32, bands=BANDS, rows=(10, 20)
 
 
 def tiny_cfg(min_voxel_fraction: float = 0.0) -> dict:
-    return {"localizer": {"min_voxel_fraction": min_voxel_fraction}}
+    return {"localiser": {"min_voxel_fraction": min_voxel_fraction}}
 
 
 # ---- metrics ----
@@ -177,22 +177,22 @@ def test_resampled_mask_keeps_cervical_labels_only():
 
 # ---- the model, prediction and the whole stage on a tiny cached dataset ----
 
-def _tiny_localizer_cfg(tiny, **extra):
+def _tiny_localiser_cfg(tiny, **extra):
     from src.config import load_config
     from fake_training_data import overrides
 
-    extra = {"localizer.shape": [16, 16, 16], "localizer.channels": [4, 8], "localizer.res_units": 0,
+    extra = {"localiser.shape": [16, 16, 16], "localiser.channels": [4, 8], "localiser.res_units": 0,
              "localisation_table": str(tiny["cache_dir"]) + "/localisation_test.csv", **extra}
-    return load_config(["config=localizer", *overrides(tiny, **extra)])
+    return load_config(["config=localiser", *overrides(tiny, **extra)])
 
 
 def test_a_model_that_finds_nothing_still_gives_seven_rows(tmp_path):
     from src.localisation.predict import localise_volume
-    from src.models.localizer import Localizer
+    from src.models.localiser import Localiser
     from fake_training_data import make_tiny_dataset
 
-    cfg = _tiny_localizer_cfg(make_tiny_dataset(tmp_path, n_studies=1))
-    model = Localizer(cfg).eval()
+    cfg = _tiny_localiser_cfg(make_tiny_dataset(tmp_path, n_studies=1))
+    model = Localiser(cfg).eval()
     with torch.no_grad():  # a final layer that always answers "background"
         last = [m for m in model.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))][-1]
         last.weight.zero_()
@@ -215,7 +215,7 @@ def test_localiser_trains_through_the_loop_and_writes_the_table(tmp_path):
 
     tiny = make_tiny_dataset(tmp_path, n_studies=10, slices=14, size=16)
     install_folds(tiny)
-    cfg = _tiny_localizer_cfg(tiny, **{"localizer.folds": [0, 1]})
+    cfg = _tiny_localiser_cfg(tiny, **{"localiser.folds": [0, 1]})
     cache_dir, data_dir = tiny["cache_dir"], tiny["data_dir"]
     train_missing_folds(cfg, data_dir, cache_dir, ensure_folds(cfg, data_dir), announce=lambda *_: None)
     metrics = json.loads((run_dir(cfg, fold=0) / "metrics.json").read_text())
@@ -246,7 +246,7 @@ def test_an_interrupted_localiser_fold_is_finished_before_the_table_uses_it(tmp_
 
     tiny = make_tiny_dataset(tmp_path, n_studies=10, slices=14, size=16)
     install_folds(tiny)
-    cfg = _tiny_localizer_cfg(tiny, **{"localizer.folds": [0], "epochs": 2})
+    cfg = _tiny_localiser_cfg(tiny, **{"localiser.folds": [0], "epochs": 2})
     folds = ensure_folds(cfg, tiny["data_dir"])
     stopped_after_first_epoch(monkeypatch, lambda: train_missing_folds(cfg, tiny["data_dir"], tiny["cache_dir"], folds,
                                                                       announce=lambda *_: None))  # Ctrl-C
@@ -262,13 +262,13 @@ def test_an_interrupted_localiser_fold_is_finished_before_the_table_uses_it(tmp_
 
 
 def test_a_damaged_localiser_checkpoint_is_named_in_one_sentence(tmp_path):
-    from src.localisation.predict import load_localizers
+    from src.localisation.predict import load_localisers
     from src.models.checkpoint import CheckpointError
 
     path = tmp_path / "best.pt"
     path.write_bytes(b"PK\x03\x04 not really a checkpoint")
     with pytest.raises(CheckpointError, match=str(path)):
-        load_localizers([path])
+        load_localisers([path])
 
 
 # ---- the second look at the spine's box ----
@@ -289,7 +289,7 @@ def test_boxes_find_scale_and_widen_within_the_volume():
     assert uneven == ((5, 13), (2, 4), (7, 16)) and box_shape(uneven) == (8, 2, 9)
 
 
-class ThresholdLocalizer(torch.nn.Module):
+class ThresholdLocaliser(torch.nn.Module):
     """Stands in for a trained localiser: bone (bright in the first window) is C3, the rest background.
     Records the shape of every volume it is shown."""
 
@@ -314,8 +314,8 @@ def test_second_look_labels_the_box_around_the_spine_more_finely():
     truth = np.zeros(volume.shape, dtype=np.uint8)
     truth[13:26, 19:30, 21:29] = 3  # one bony block, off the coarse grid's voxel edges
     volume[truth > 0] = 1200
-    once = ThresholdLocalizer((8, 8, 8), refine_margin=0.0)
-    twice = ThresholdLocalizer((8, 8, 8), refine_margin=0.25)
+    once = ThresholdLocaliser((8, 8, 8), refine_margin=0.0)
+    twice = ThresholdLocaliser((8, 8, 8), refine_margin=0.25)
     labels_once, _ = segment_study([once], volume)
     labels_twice, confidence = segment_study([twice], volume)
     assert labels_once.shape == labels_twice.shape == volume.shape
@@ -328,16 +328,16 @@ def test_second_look_labels_the_box_around_the_spine_more_finely():
 
 
 def test_spine_box_training_items_zoom_in_on_all_seven_vertebrae(tmp_path):
-    from src.localisation.dataset import LocalizerDataset, prepare_resampled
+    from src.localisation.dataset import LocaliserDataset, prepare_resampled
     from fake_training_data import make_tiny_dataset
 
     tiny = make_tiny_dataset(tmp_path, n_studies=1, slices=28, size=32)
     cache_dir, uid = tiny["cache_dir"], tiny["uids"][0]
     hu_folder, mask_folder = prepare_resampled(cache_dir, [uid], (14, 16, 16), announce=lambda *_: None, progress=False)
     crop = {"prob": 1.0, "margin": (0.1, 0.2), "cache_dir": cache_dir, "shape": (14, 16, 16)}
-    whole = LocalizerDataset(hu_folder, mask_folder, [uid], [[400, 1800]])[0]
+    whole = LocaliserDataset(hu_folder, mask_folder, [uid], [[400, 1800]])[0]
     torch.manual_seed(0)
-    boxed = LocalizerDataset(hu_folder, mask_folder, [uid], [[400, 1800]], crop=crop)[0]
+    boxed = LocaliserDataset(hu_folder, mask_folder, [uid], [[400, 1800]], crop=crop)[0]
     assert boxed["volume"].shape == whole["volume"].shape == (1, 14, 16, 16)
     assert set(np.unique(boxed["labels"].numpy())) == set(range(8))
     # the fake spine fills a quarter of each slice's side; the box's margins are 10-20% of it
@@ -350,7 +350,7 @@ def test_a_spine_box_margin_that_is_not_a_range_is_a_config_error(tmp_path):
     from fake_training_data import make_tiny_dataset
 
     tiny = make_tiny_dataset(tmp_path, n_studies=4)
-    cfg = _tiny_localizer_cfg(tiny, **{"localizer.crop_margin": [0.3, 0.1]})
+    cfg = _tiny_localiser_cfg(tiny, **{"localiser.crop_margin": [0.3, 0.1]})
     folds = pd.read_csv(tiny["folds_file"])
     task = LocalisationTask(cfg, tiny["data_dir"], tiny["cache_dir"], folds, announce=lambda *_: None)
     with pytest.raises(ConfigError, match="crop_margin"):

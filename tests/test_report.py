@@ -80,7 +80,7 @@ def write_localiser_fold(run: Path, experiment: str, fold: int, dice: float) -> 
     pd.DataFrame({"epoch": [0, 1], "train_loss": [0.9, 0.5], "val_loss": [0.8, 0.6], "dice": [dice - 0.2, dice],
                   "slice_iou": [dice - 0.3, dice - 0.1], "lr": [1e-3, 1e-3]}).to_csv(run / "history.csv", index=False)
     # task stays "classify" on purpose: the localiser's model class fixes its task, the saved config may not say so.
-    (run / "config.yaml").write_text(yaml.safe_dump({"experiment": experiment, "model": "localizer", "task": "classify",
+    (run / "config.yaml").write_text(yaml.safe_dump({"experiment": experiment, "model": "localiser", "task": "classify",
                                                      "fold": fold, "n_folds": 3}))
     return metrics
 
@@ -99,7 +99,7 @@ def make_fake_runs(root: Path, seed: int = 0, n_studies: int = 90, n_folds: int 
         for name, (skill, model) in experiments.items():
             metrics[name][fold] = write_classifier_fold(runs / name / f"fold{fold}", name, fold, n_folds, labels,
                                                         skill, data_dir, rng, epochs=epochs, model=model)
-    metrics["localizer"] = {f: write_localiser_fold(runs / "localizer" / f"fold{f}", "localizer", f, 0.8 + 0.02 * f)
+    metrics["localiser"] = {f: write_localiser_fold(runs / "localiser" / f"fold{f}", "localiser", f, 0.8 + 0.02 * f)
                             for f in range(2)}
     # A run still training: config and two epochs of history, no metrics.json yet.
     unfinished = runs / "effnet_gru_384" / "fold0"
@@ -118,7 +118,7 @@ def fake(tmp_path):
 def test_ranking_follows_mean_fold_score(fake):
     report = build_report(fake["runs"])
     means = {exp: statistics.mean(m["score"] for m in folds.values())
-             for exp, folds in fake["metrics"].items() if exp != "localizer"}
+             for exp, folds in fake["metrics"].items() if exp != "localiser"}
     assert list(report.classifiers["experiment"]) == sorted(means, key=means.get)
     assert report.classifiers["experiment"].iloc[0] == "effnet_gru"  # the skilled fake must win
 
@@ -205,12 +205,12 @@ def test_unfinished_and_broken_runs_are_listed_not_fatal(fake):
 
 def test_localiser_runs_get_their_own_table(fake):
     report = build_report(fake["runs"])
-    assert "localizer" not in set(report.classifiers["experiment"])
-    row = report.localisers.set_index("experiment").loc["localizer"]
-    dice = [m["dice"] for m in fake["metrics"]["localizer"].values()]
+    assert "localiser" not in set(report.classifiers["experiment"])
+    row = report.localisers.set_index("experiment").loc["localiser"]
+    dice = [m["dice"] for m in fake["metrics"]["localiser"].values()]
     assert row["dice_mean"] == pytest.approx(statistics.mean(dice))
     assert row["dice_C3"] == pytest.approx(statistics.mean(m["per_vertebra_dice"]["C3"]
-                                                           for m in fake["metrics"]["localizer"].values()))
+                                                           for m in fake["metrics"]["localiser"].values()))
 
 
 def test_ensemble_cv_is_read_when_fitted(fake):

@@ -1,6 +1,6 @@
 """The data a command works on: the configured folder, or the synthetic demo standing in for it.
 
-Called by the commands (src.train, src.prepare, src.localize, src.folds, infer.py): when ``data_dir`` holds no
+Called by the commands (src.train, src.prepare, src.localise, src.folds, infer.py): when ``data_dir`` holds no
 train.csv, the demo dataset under ``demo.dir`` is used instead, and generated (src/synth) the first time,
 with the ``demo:`` settings of configs/default.yaml. Saying so is part of the job: a user who meant the
 real data learns at once that it was not found.

@@ -1,7 +1,7 @@
 """The vertebra localiser at inference: its fold models, and the seven table rows of one test study.
 
 Called by the inference pipeline when a member classifies vertebra crops. The models and the per-study
-step are src/localisation/predict.py's (``load_localizers``, ``localise_volume``), the same code that
+step are src/localisation/predict.py's (``load_localisers``, ``localise_volume``), the same code that
 built the training table, fed the study at the localiser's own cache size. ``localisation_table=``
 (a CSV in the format of docs/data.md#the-localisation-table) takes a study's rows from that file instead when it has all seven, which
 is how a parity check reproduces the table the classifier was validated on.
@@ -17,6 +17,7 @@ import pandas as pd
 from .. import VERTEBRAE
 from ..config import ConfigError
 from .fallbacks import one_line
+from ..localisation.predict import load_localisers
 from ..runs import select_folds
 
 
@@ -68,19 +69,19 @@ def load_localiser(runs_dir: Path, run: str, device, table_path: str | None = No
     models, cfg, left_out = [], None, []
     for fold, fold_dir in folds.items():
         try:
-            model, fold_cfg = _load_fold(Path(fold_dir), device, need_config=cfg is None)
+            model, = load_localisers([fold_dir], device)
         except Exception as err:  # a broken best.pt costs this fold, not the run
             left_out.append((fold, f"{Path(fold_dir) / 'best.pt'}: {one_line(err)}"))
             announce(f"[localiser] {run} fold {fold} left out: {left_out[-1][1]}")
             continue
         models.append(model)
-        cfg = cfg or fold_cfg
+        cfg = cfg or model.config
     if not models:
         announce(f"[localiser] {run}: no fold could load; vertebra crops come from "
                  f"{'the table, else ' if table is not None else ''}an even split of each study")
         return Localiser(run, [], {"prepare": {"size": 0}}, table, left_out)
     announce(f"[localiser] {run}: folds {[f for f in folds if f not in dict(left_out)]}, grid "
-             f"{cfg['localizer']['shape']}, cache size {cfg['prepare']['size']}")
+             f"{cfg['localiser']['shape']}, cache size {cfg['prepare']['size']}")
     return Localiser(run, models, cfg, table, left_out)
 
 
@@ -93,18 +94,3 @@ def _read_table(table_path: str) -> pd.DataFrame:
         raise ConfigError(f"localisation_table={table_path}: cannot use it ({one_line(err)})") from None
     table["StudyInstanceUID"] = table["StudyInstanceUID"].astype(str)
     return table
-
-
-def _load_fold(fold_dir: Path, device, need_config: bool) -> tuple[object, dict | None]:
-    """(model, its resolved config when ``need_config``) from one localiser fold folder."""
-    from omegaconf import OmegaConf
-
-    from ..localisation.predict import load_localizers
-
-    model, = load_localizers([fold_dir], device)
-    if not need_config:
-        return model, None
-    import torch
-
-    state = torch.load(fold_dir / "best.pt", map_location="cpu", weights_only=True)
-    return model, OmegaConf.to_container(OmegaConf.create(state["config"]), resolve=True)

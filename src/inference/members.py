@@ -1,9 +1,9 @@
 """Trained runs loaded for prediction: every fold's ``best.pt`` of an ensemble member, ready on a device.
 
-Called by the inference pipeline and the inference benchmark. Offline by construction: each model is
-built from the config saved with its weights with ``pretrained=false`` (nothing is downloaded, ever),
-then given the weights of ``best.pt``, loaded with ``torch.load(weights_only=True)`` so a checkpoint
-from elsewhere cannot run code. A member's prediction for a study is the mean of its folds'
+Called by the inference pipeline and the inference benchmark. Offline by construction: each model comes
+from src/models/checkpoint.py's ``trained_model``, built from the config saved with its weights with
+``pretrained=false`` (nothing is downloaded, ever), then given the weights of ``best.pt``, loaded with
+``torch.load(weights_only=True)`` so a checkpoint from elsewhere cannot run code. A member's prediction for a study is the mean of its folds'
 probabilities (and of the mirrored input's, with TTA), each fold run exactly as the training loop
 validated it: the input its task builds from the same item builder (src/inference/inputs.py), the
 training side's autocast (src/training/device.py). A fold whose ``best.pt`` cannot be used, or whose
@@ -21,43 +21,18 @@ import torch
 from omegaconf import OmegaConf
 
 from ..config import ConfigError
-from ..runs import read_run_config, select_folds
+from ..models.checkpoint import CheckpointError, trained_model
+from ..runs import select_folds
 from .fallbacks import one_line
 from .inputs import InputSpec, input_spec
 
 
-def prediction_config(fold_dir: Path, checkpoint: dict) -> dict:
-    """The resolved config the weights were trained with (the checkpoint's own copy, else the fold's
-    config.yaml), set up to build the network offline."""
-    cfg = checkpoint.get("config") if isinstance(checkpoint, dict) else None
-    if not isinstance(cfg, dict):
-        cfg = read_run_config(fold_dir)
-        if cfg is None:
-            raise ConfigError(f"{fold_dir}: neither best.pt nor config.yaml holds the run's config; re-train the fold")
-    # Offline: the trained weights replace any pretrained ones, so nothing may be fetched to build the net.
-    return dict(cfg, pretrained=False, pretrained_path=None)
-
-
 def load_fold_model(fold_dir: Path, device: torch.device):
     """(model in eval mode on ``device``, its config as a read-only DictConfig) from one fold folder."""
-    from ..models.registry import build_model
-
-    path = Path(fold_dir) / "best.pt"
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and "unsupported global" errors all mean: not a checkpoint we can trust
-        raise ConfigError(f"{path}: cannot load ({one_line(err, 200)}); copy it again or re-train the fold") from err
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ConfigError(f"{path}: no model weights inside (expected the training loop's best.pt)")
-    cfg = OmegaConf.create(prediction_config(fold_dir, checkpoint))
+    model, config = trained_model(fold_dir, device)
+    cfg = OmegaConf.create(config)
     OmegaConf.set_readonly(cfg, True)
-    model = build_model(cfg)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ConfigError(f"{path}: the weights do not fit the model its config describes ({one_line(err, 200)})") from err
-    return model.to(device).eval(), cfg
+    return model, cfg
 
 
 @dataclass
@@ -142,7 +117,8 @@ def load_member(runs_dir: Path, run: str, weight: float, folds, device: torch.de
         try:
             member.folds.append(load_fold(fold, fold_dir, device))
         except Exception as err:  # any broken file must cost this fold, not the run
-            reason = str(err) if isinstance(err, ConfigError) else f"{Path(fold_dir) / 'best.pt'}: {one_line(err)}"
+            reason = (str(err) if isinstance(err, (ConfigError, CheckpointError))
+                      else f"{Path(fold_dir) / 'best.pt'}: {one_line(err)}")
             member.left_out.append((fold, " ".join(reason.split())))
             announce(f"[members] {run} fold {fold} left out: {member.left_out[-1][1]}")
     if not member.folds:

@@ -145,7 +145,7 @@ def load_predictor(cfg: dict, announce=print, log: FallbackLog | None = None) ->
     members = load_members(specs, runs_dir, device, announce, log)
     localiser = None
     if any(m.needs_localisation for m in members):
-        localiser = load_localiser(runs_dir, cfg["localizer"], device, cfg.get("localisation_table"), announce)
+        localiser = load_localiser(runs_dir, cfg["localiser"], device, cfg.get("localisation_table"), announce)
         record_left_out(log, localiser.run, localiser.left_out, whole=not localiser.models)
     return Predictor(members, combine, localiser, device, autocast_for(cfg, device), bool(cfg["tta"]),
                      int(cfg["min_slices"]), int(cfg["workers"]))

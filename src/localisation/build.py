@@ -1,7 +1,7 @@
 """The localisation table of a whole dataset: train the fold localisers it needs, predict every cached
 study, write ``src.paths.localisation_path`` atomically.
 
-Called by ``python -m src.localize`` (always rebuilds the table) and by :func:`ensure_localisation`
+Called by ``python -m src.localise`` (always rebuilds the table) and by :func:`ensure_localisation`
 (src/localisation/__init__.py; train.sh, when a classifier needs the table and it is missing).
 
 Which model predicts which study:
@@ -23,11 +23,12 @@ from ..config import load_config
 from ..data.cache import cached_uids, load_study
 from ..io_utils import atomic_write_csv
 from ..paths import localisation_path
-from ..runs import is_finished, run_dir
-from . import LOCALIZER_EXPERIMENT, LOCALIZER_MODEL
+from ..runs import is_finished, old_name_hint, run_dir
+from ..training.run_folder import RunFolderError
+from . import LOCALISER_EXPERIMENT, LOCALISER_MODEL
 from .extents import extents_for, min_voxels
 from .metrics import nanmean
-from .predict import load_localizers, segment_study
+from .predict import load_localisers, segment_study
 from .table import study_rows
 from .task import judge_study
 
@@ -35,11 +36,11 @@ SPLITS = ("train_images", "test_images")
 
 
 def wanted_folds(cfg) -> list[int]:
-    """``localizer.folds``, or every fold when it is empty."""
-    folds = list(cfg["localizer"]["folds"]) or list(range(cfg["n_folds"]))
+    """``localiser.folds``, or every fold when it is empty."""
+    folds = list(cfg["localiser"]["folds"]) or list(range(cfg["n_folds"]))
     bad = [k for k in folds if not 0 <= int(k) < cfg["n_folds"]]
     if bad:
-        raise ValueError(f"localizer.folds {folds}: fold(s) {bad} outside 0..{cfg['n_folds'] - 1}")
+        raise ValueError(f"localiser.folds {folds}: fold(s) {bad} outside 0..{cfg['n_folds'] - 1}")
     return [int(k) for k in folds]
 
 
@@ -63,6 +64,10 @@ def train_missing_folds(cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFram
     from .task import LocalisationTask
 
     todo = [k for k in wanted_folds(cfg) if not is_finished(run_dir(cfg, fold=k))]
+    hint = old_name_hint(run_dir(cfg, fold=0).parent.parent, cfg["experiment"])
+    if todo and hint:  # a run from before the rename: say so rather than train it again for a quarter hour
+        raise RunFolderError(f"no localiser run '{cfg['experiment']}' yet{hint} (or move it out of the way "
+                             f"to train a new one)")
     for k in todo:
         fold_cfg = OmegaConf.merge(cfg, {"fold": k})
         folder = run_dir(fold_cfg)
@@ -91,7 +96,7 @@ def build_table(cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, annou
         raise FileNotFoundError(f"no finished localiser run in {run_dir(cfg, fold=0).parent} (fold*/metrics.json); "
                                 f"train one with `bash train.sh config={cfg['experiment']} fold=0`")
     device = pick_device(cfg)
-    models = dict(zip(checkpoints, load_localizers(checkpoints.values(), device)))
+    models = dict(zip(checkpoints, load_localisers(checkpoints.values(), device)))
     announce(f"[localisation] predicting with the localisers of fold(s) {sorted(models)} on {device}")
     fold_of = dict(zip(folds["StudyInstanceUID"], folds["fold"]))
     studies = [(split, uid) for split in SPLITS for uid in cached_uids(cache_dir, split)]
@@ -129,7 +134,7 @@ def build_table(cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, annou
              f"{len(table)}")
     if in_sample:
         announce(f"[localisation] {in_sample} segmented studies were predicted by a localiser that trained on them "
-                 f"(their fold is not trained; set localizer.folds=[] for all folds)")
+                 f"(their fold is not trained; set localiser.folds=[] for all folds)")
     if dices:
         announce(f"[localisation] out-of-fold on {len(dices)} segmented studies: dice {summary['dice']:.4f}, "
                  f"slice_iou {summary['slice_iou']:.4f}")
@@ -143,8 +148,8 @@ SHARED_KEYS = ("data_dir", "demo.dir", "cache_dir", "folds_dir", "runs_dir", "lo
                "wandb.entity")
 
 
-def localizer_config(cfg, cache_dir: Path | None = None):
-    """configs/localizer.yaml with the calling experiment's shared settings (``SHARED_KEYS``)."""
+def localiser_config(cfg, cache_dir: Path | None = None):
+    """configs/localiser.yaml with the calling experiment's shared settings (``SHARED_KEYS``)."""
     overrides = []
     for key in SHARED_KEYS:
         node = cfg
@@ -153,12 +158,12 @@ def localizer_config(cfg, cache_dir: Path | None = None):
         if key == "cache_dir" and cache_dir is not None:
             node = str(cache_dir)
         overrides.append(f"{key}={node if isinstance(node, str) else json.dumps(node)}")
-    return load_config(overrides, default_experiment=LOCALIZER_EXPERIMENT)
+    return load_config(overrides, default_experiment=LOCALISER_EXPERIMENT)
 
 
 def ensure_localisation(cfg, data_dir: Path, cache_dir: Path, announce=print) -> Path:
     """The localisation table's path, building it first if it is missing or lacks cached train studies:
-    trains the localiser folds ``localizer.folds`` of configs/localizer.yaml that have no best.pt yet,
+    trains the localiser folds ``localiser.folds`` of configs/localiser.yaml that have no best.pt yet,
     then predicts every cached study."""
     from ..data.folds import ensure_folds
     from .table import read_table
@@ -171,9 +176,9 @@ def ensure_localisation(cfg, data_dir: Path, cache_dir: Path, announce=print) ->
             return path
         announce(f"[localisation] {path} lacks {len(lacking)} cached studies: rebuilding it")
     else:
-        announce(f"[localisation] no table at {path}: building it with configs/{LOCALIZER_EXPERIMENT}.yaml")
-    # called with the localiser's own config (src.localize, tests): keep it; from a classifier: localizer.yaml
-    loc_cfg = cfg if cfg["model"] == LOCALIZER_MODEL else localizer_config(cfg, cache_dir)
+        announce(f"[localisation] no table at {path}: building it with configs/{LOCALISER_EXPERIMENT}.yaml")
+    # called with the localiser's own config (src.localise, tests): keep it; from a classifier: localiser.yaml
+    loc_cfg = cfg if cfg["model"] == LOCALISER_MODEL else localiser_config(cfg, cache_dir)
     folds = ensure_folds(loc_cfg, data_dir, announce=announce)
     train_missing_folds(loc_cfg, data_dir, cache_dir, folds, announce=announce)
     build_table(loc_cfg, data_dir, cache_dir, folds, announce=announce)

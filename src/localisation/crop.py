@@ -2,11 +2,11 @@
 
 Most of a neck CT is not spine: on a 64^3 grid of the whole study a vertebra is a handful of voxels
 tall and its arch one voxel thick, so boundaries, not the order of the vertebrae, limit the Dice. The
-localiser therefore looks twice when ``localizer.refine_margin`` > 0 (src/localisation/predict.py):
+localiser therefore looks twice when ``localiser.refine_margin`` > 0 (src/localisation/predict.py):
 at the whole study, to find C1..C7, then at the box around what it found, widened by that margin and
 resampled to the same grid, two to three times finer along each axis. Training shows it both views
-(src/localisation/dataset.py): whole studies, and with probability ``localizer.crop_prob`` a box
-around the true spine widened by random margins drawn from ``localizer.crop_margin``, so that it knows
+(src/localisation/dataset.py): whole studies, and with probability ``localiser.crop_prob`` a box
+around the true spine widened by random margins drawn from ``localiser.crop_margin``, so that it knows
 the boxes the first look will hand it.
 
 A box is three (start, stop) pairs, stop exclusive, in (slices, rows, cols) array indices.

@@ -1,6 +1,6 @@
 """Training items for the localiser: a segmented study on the model grid, volume and vertebra mask.
 
-Called by the "localize" task (src/localisation/task.py). Resampling a study and its mask from the
+Called by the "localise" task (src/localisation/task.py). Resampling a study and its mask from the
 cache on every epoch would dominate a CPU epoch, so both are resampled once into derived caches beside
 the study cache: HU in ``<cache_dir>/resampled/<D>x<H>x<W>/train_images/<uid>.npy`` (the same files the
 3D CNN uses, src/tasks/volume.py) and labels in ``.../train_images_masks/<uid>.npy`` (uint8 0..7,
@@ -42,7 +42,7 @@ def ensure_resampled_masks(cache_dir: Path, uids, shape, split: str = SPLIT, ann
     folder = mask_dir(cache_dir, shape, split)
     todo = [u for u in uids if not (folder / f"{check_uid(u)}.npy").exists()]
     if todo:
-        announce(f"[localizer] resampling {len(todo)} masks to {'x'.join(map(str, shape))} into {folder} (once)")
+        announce(f"[localiser] resampling {len(todo)} masks to {'x'.join(map(str, shape))} into {folder} (once)")
     for uid in todo:
         study = load_study(cache_dir, split, uid)
         if study.mask is None:
@@ -79,7 +79,7 @@ def random_affine(volume: torch.Tensor, labels: torch.Tensor, scale: float, shif
     return volume, labels
 
 
-class LocalizerDataset(torch.utils.data.Dataset):
+class LocaliserDataset(torch.utils.data.Dataset):
     """One item per segmented study: {"volume": (C, D, H, W) float32, "labels": (D, H, W) uint8}.
 
     ``crop`` (training only): {"prob", "margin": (low, high), "cache_dir", "shape"} for spine-box items."""

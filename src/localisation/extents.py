@@ -90,8 +90,8 @@ def find_extents(labels: np.ndarray, confidence: dict[str, float] | None = None,
 
 
 def min_voxels(cfg, grid_shape) -> int:
-    """Fewest voxels on the study grid for a vertebra to count as found (``localizer.min_voxel_fraction``)."""
-    return max(1, int(round(cfg["localizer"]["min_voxel_fraction"] * float(np.prod(grid_shape)))))
+    """Fewest voxels on the study grid for a vertebra to count as found (``localiser.min_voxel_fraction``)."""
+    return max(1, int(round(cfg["localiser"]["min_voxel_fraction"] * float(np.prod(grid_shape)))))
 
 
 def _slice_fit(found: dict[str, Extent], n_slices: int, layout: dict) -> tuple[float, float]:

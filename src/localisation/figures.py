@@ -1,5 +1,5 @@
 """A picture of the localiser at work: one sagittal slice through the spine, CT beside the true and the
-predicted vertebra labels. Drawn by the localize task at the end of a run (localisation_example.png in the
+predicted vertebra labels. Drawn by the localise task at the end of a run (localisation_example.png in the
 run folder and in W&B) and used as the README figure.
 """
 from __future__ import annotations

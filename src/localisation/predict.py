@@ -1,9 +1,9 @@
 """Run trained localisers on a study and turn their output into the study's seven table rows.
 
 Called by src/localisation/build.py (every cached study of a dataset) and by inference (a test study
-read straight from DICOM): ``load_localizers`` once, then ``localise_volume`` per study. Several models
+read straight from DICOM): ``load_localisers`` once, then ``localise_volume`` per study. Several models
 (the fold models) are averaged in probability; each model is fed the study exactly as it was trained
-(its own ``localizer.shape``, ``windows`` and ``refine_margin``, read from its checkpoint). With a
+(its own ``localiser.shape``, ``windows`` and ``refine_margin``, read from its checkpoint). With a
 refine margin the models look twice: at the whole study, then at the box around the spine they found
 (src/localisation/crop.py); the labels come back on the study's own grid either way.
 """
@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
 
 from .crop import box_shape, box_slices, foreground_box, scale_box, widen_box
 from .extents import extents_for, min_voxels
@@ -22,29 +21,25 @@ from .resample import model_input, probs_to_labels, resample_volume
 from .table import study_rows
 
 
-def load_localizers(checkpoints, device: str | torch.device = "cpu") -> list[torch.nn.Module]:
-    """Localiser models from ``best.pt`` files (or run folders holding one), in eval mode on ``device``."""
-    from ..models.registry import get_model_class
-    from ..models.checkpoint import load_checkpoint, load_model_state
+def load_localisers(checkpoints, device: str | torch.device = "cpu") -> list[torch.nn.Module]:
+    """Localiser models from ``best.pt`` files (or run folders holding one), in eval mode on ``device``;
+    each carries its resolved config as ``model.config``."""
+    from ..models.checkpoint import trained_model
 
     models = []
     for path in checkpoints:
-        path = Path(path)
-        path = path / "best.pt" if path.is_dir() else path
-        state = load_checkpoint(path, map_location="cpu")
-        cfg = OmegaConf.create(state["config"])
-        model = get_model_class(state["model_name"])(cfg)
-        load_model_state(model, state["model"])
-        describe_for_prediction(model, cfg)
-        model.source = str(path)
-        models.append(model.to(device).eval())
+        model, config = trained_model(path, device)
+        describe_for_prediction(model, config)
+        model.source = str(Path(path) / "best.pt" if Path(path).is_dir() else path)
+        model.config = config
+        models.append(model)
     return models
 
 
 def describe_for_prediction(model: torch.nn.Module, cfg) -> torch.nn.Module:
     """Attach what prediction needs to know about how ``model`` was trained: its grid, its windows and
     whether it learned the second, closer look (``refine_margin``; 0 for checkpoints older than it)."""
-    c = cfg["localizer"]
+    c = cfg["localiser"]
     model.input_shape = tuple(int(s) for s in c["shape"])
     model.windows = [list(w) for w in cfg["windows"]]
     model.refine_margin = float(c.get("refine_margin", 0.0)) if float(c.get("crop_prob", 0.0)) > 0 else 0.0

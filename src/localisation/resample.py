@@ -1,4 +1,4 @@
-"""Moving between a study's own slices and the localiser's fixed grid (``cfg.localizer.shape``).
+"""Moving between a study's own slices and the localiser's fixed grid (``cfg.localiser.shape``).
 
 Called by the localiser dataset (volumes and masks down to the model grid, once per study) and by the
 predictor and the task (class probabilities back up to every original slice, where slice ranges are

@@ -62,15 +62,15 @@ def read_table(path: Path) -> pd.DataFrame:
     """Read a localisation table, checking its columns and that every study has its seven rows."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no localisation table at {path}; make it with `python -m src.localize`")
+        raise FileNotFoundError(f"no localisation table at {path}; make it with `python -m src.localise`")
     table = pd.read_csv(path, dtype={"StudyInstanceUID": str})
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; rebuild it with `python -m src.localize`")
+        raise ValueError(f"{path}: missing column(s) {missing}; rebuild it with `python -m src.localise`")
     counts = table.groupby("StudyInstanceUID")["vertebra"].nunique()
     short = counts[counts != len(VERTEBRAE)]
     if len(short):
         raise ValueError(f"{path}: {len(short)} studies lack some of C1..C7 (e.g. {short.index[0]}); "
-                         f"rebuild it with `python -m src.localize`")
+                         f"rebuild it with `python -m src.localise`")
     table["estimated"] = table["estimated"].astype(str).str.lower().isin(["true", "1"])
     return table[COLUMNS]

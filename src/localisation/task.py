@@ -1,6 +1,6 @@
-"""The "localize" task: which segmented studies train and validate the localiser on a fold, and how a
+"""The "localise" task: which segmented studies train and validate the localiser on a fold, and how a
 held-out prediction is judged. The training loop (src/training/loop.py) drives it like any task
-(interface: src/tasks/__init__.py); src/models/localizer.py imports this module so the name registers.
+(interface: src/tasks/__init__.py); src/models/localiser.py imports this module so the name registers.
 
 Folds: the dataset's one fold file (src/folds.py), restricted to the cached train studies that have a
 mask, so a segmented study validates the localiser of the same fold in which it validates classifiers.
@@ -31,7 +31,7 @@ import torch
 from .. import VERTEBRAE
 from ..data.cache import META, cached_uids, load_study, study_dir
 from ..tasks import register_task
-from .dataset import SPLIT, LocalizerDataset, prepare_resampled
+from .dataset import SPLIT, LocaliserDataset, prepare_resampled
 from .extents import extents_for, min_voxels
 from .metrics import dice_per_vertebra, nanmean, slice_range_iou, true_slice_ranges
 from .predict import describe_for_prediction, segment_study
@@ -59,7 +59,7 @@ def judge_study(labels: np.ndarray, confidence: dict, study, cfg):
     return study_rows(study.uid, extents, study.meta, labels.shape), dice, iou
 
 
-@register_task("localize")
+@register_task("localise")
 class LocalisationTask:
     monitor = "dice"
     mode = "max"
@@ -92,7 +92,7 @@ class LocalisationTask:
         self._figure_case = None
 
     def datasets(self):
-        c = self.cfg["localizer"]
+        c = self.cfg["localiser"]
         hu_folder, mask_folder = prepare_resampled(self.cache_dir, self.train_uids + self.val_uids, c["shape"],
                                                    announce=self.announce, progress=self.cfg["progress"])
         augment = {"hu_scale": c["aug_hu_scale"], "hu_shift": c["aug_hu_shift"], "p_affine": c["aug_p_affine"],
@@ -102,13 +102,13 @@ class LocalisationTask:
         if len(margin) != 2 or not 0 <= margin[0] <= margin[1]:
             from ..config import ConfigError
 
-            raise ConfigError(f"localizer.crop_margin={list(c['crop_margin'])}: expected [low, high] with "
+            raise ConfigError(f"localiser.crop_margin={list(c['crop_margin'])}: expected [low, high] with "
                               f"0 <= low <= high, fractions of the spine box's length (e.g. [0.05, 0.3])")
         crop = {"prob": c["crop_prob"], "margin": tuple(margin), "cache_dir": self.cache_dir,
                 "shape": [int(n) for n in c["shape"]]}
         windows = self.cfg["windows"]
-        return (LocalizerDataset(hu_folder, mask_folder, self.train_uids, windows, augment, crop),
-                LocalizerDataset(hu_folder, mask_folder, self.val_uids, windows, None))
+        return (LocaliserDataset(hu_folder, mask_folder, self.train_uids, windows, augment, crop),
+                LocaliserDataset(hu_folder, mask_folder, self.val_uids, windows, None))
 
     def evaluate(self, outputs: dict, val_dataset, model: torch.nn.Module) -> tuple[dict, pd.DataFrame]:
         was_training = model.training

@@ -7,7 +7,7 @@ registered model promises (the loop relies on nothing else):
   ``src.TARGETS`` order) and, when the batch holds ``"labels"``, a scalar ``"loss"``.
 - Class attributes that say what it is, so that no other file keeps a table of models:
   ``task``               required: the task (src/tasks) whose datasets, evaluation and inference
-                         batches it uses (``vertebra``, ``volume``, ``localize``)
+                         batches it uses (``vertebra``, ``volume``, ``localise``)
   ``settings``           the config section it and its task read (``effnet_gru``: ``cfg.effnet_gru``);
                          a new model's section is declared by its own config file (src/config.py)
   ``needs_localisation`` True if its task crops by the per-vertebra table: training builds the table

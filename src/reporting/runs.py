@@ -39,7 +39,7 @@ class FoldRun:
 
     @property
     def task(self) -> str:
-        """``localize`` or ``classify``, from what the run wrote: the headline metric decides.
+        """``localise`` or ``classify``, from what the run wrote: the headline metric decides.
 
         config.yaml's ``model`` is only a fallback, for a run that has written neither yet (the model
         class fixes the task; configs keep no ``task`` key, and an old one may be wrong).
@@ -49,8 +49,8 @@ class FoldRun:
                 if "score" in source:
                     return "classify"
                 if "dice" in source:
-                    return "localize"
-        return "localize" if self.config.get("model") == "localizer" else "classify"
+                    return "localise"
+        return "localise" if self.config.get("model") == "localiser" else "classify"
 
     @property
     def model(self) -> str:

@@ -91,7 +91,7 @@ def _per_vertebra_dice(metrics: dict) -> dict[str, float]:
 def localiser_table(runs: list[FoldRun]) -> pd.DataFrame:
     """One row per localiser experiment, best (highest mean dice) first, with per-vertebra dice means."""
     rows = []
-    for experiment, group in _by_experiment(runs, "localize").items():
+    for experiment, group in _by_experiment(runs, "localise").items():
         dice = [_float(r.metrics.get("dice")) for r in group]
         iou = [_float(r.metrics.get("slice_iou")) for r in group]
         row = {

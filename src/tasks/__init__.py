@@ -26,7 +26,7 @@ A task is a class registered with ``@register_task("name")`` in a module of this
 Registered here: ``volume`` (whole-volume classifiers, src/tasks/volume.py) and ``vertebra``
 (per-vertebra crops, src/tasks/vertebra.py), both subclasses of
 :class:`src.tasks.study_task.StudyClassificationTask`, which say how a study becomes an item; the
-localiser registers ``localize`` with its own metrics (``dice``, ``slice_iou``; mode "max").
+localiser registers ``localise`` with its own metrics (``dice``, ``slice_iou``; mode "max").
 """
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ def read_localisation(path: Path) -> pd.DataFrame:
     """The localisation table, checked for the columns this task reads."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no localisation table at {path}; run `python -m src.localize` "
+        raise FileNotFoundError(f"no localisation table at {path}; run `python -m src.localise` "
                                 f"(train.sh builds it when it is missing) or set localisation_table=<csv>")
     table = pd.read_csv(path, dtype={"StudyInstanceUID": str})
     missing = set(TABLE_COLUMNS) - set(table.columns)
