@@ -52,7 +52,7 @@ def locate_data_dir(cfg: DictConfig | dict) -> Path:
         return data_dir
     demo = _abs(cfg["demo"]["dir"])
     if not has_labels(demo):
-        raise FileNotFoundError(f"no train.csv in {data_dir} and no demo data in {demo}; run `python -m src.synth`")
+        raise FileNotFoundError(f"no train.csv in {data_dir} and no demo data in {demo}; run `python -m src.synthesise`")
     return demo
 
 

@@ -22,7 +22,7 @@ LAYERS = [
     ("inference", ["src/inference/"]),
     ("reporting", ["src/reporting/"]),
     ("commands", ["src/train.py", "src/prepare.py", "src/localise.py", "src/ensemble.py", "src/report.py",
-                  "src/score.py", "src/synth/__main__.py", "src/synth/figure.py", "infer.py"]),
+                  "src/score.py", "src/synthesise.py", "src/synthetic_figure.py", "infer.py"]),
 ]
 
 
@@ -98,7 +98,14 @@ def test_the_check_sees_an_upward_import():
 
 
 @pytest.mark.parametrize("relative, layer", [("src/localisation/build.py", "stages"),
-                                             ("src/localisation/predict.py", "models and tasks"),
-                                             ("src/synth/__main__.py", "commands")])
+                                             ("src/localisation/predict.py", "models and tasks")])
 def test_a_file_entry_beats_its_folder(relative, layer):
     assert LAYERS[layer_of(relative)][0] == layer
+
+
+def test_commands_live_in_one_place():
+    """The rule for commands (README): each is ``src/<name>.py``, run as ``python -m src.<name>`` (infer.py
+    at the top, for Kaggle notebooks); no package has a ``__main__``."""
+    commands = dict(LAYERS)["commands"]
+    assert [c for c in commands if c != "infer.py" and not (c.startswith("src/") and c.count("/") == 1)] == []
+    assert sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("src/**/__main__.py")) == []

@@ -294,7 +294,7 @@ def test_same_seed_gives_identical_files_whatever_the_workers(tmp_path):
 
 def test_cli_rejects_unknown_keys_and_nonempty_folder(tmp_path, capsys):
     from src.config import run_main
-    from src.synth.__main__ import main
+    from src.synthesise import main
 
     with pytest.raises(SystemExit) as err:
         run_main(main, ["n_trian=3"])

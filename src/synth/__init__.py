@@ -1,6 +1,6 @@
 """The synthetic demo dataset: CT studies of the neck in the exact Kaggle RSNA 2022 layout.
 
-``python -m src.synth out=DIR n_train=N n_test=M size=demo|full seed=S`` writes a dataset
+``python -m src.synthesise out=DIR n_train=N n_test=M size=demo|full seed=S`` writes a dataset
 (see src/synth/generate.py); src.paths calls :func:`src.synth.generate.generate_dataset` when no
 real data is configured. The parts, one job each:
 

@@ -1,6 +1,6 @@
 """Write a whole synthetic dataset in the Kaggle RSNA 2022 layout (docs/data.md#layout).
 
-Called by ``python -m src.synth`` and by src/data/demo.py when no real data is configured.
+Called by ``python -m src.synthesise`` and by src/data/demo.py when no real data is configured.
 Output under ``out``::
 
     train.csv  train_bounding_boxes.csv  test.csv  sample_submission.csv

@@ -1,6 +1,6 @@
 """One synthetic study in memory: geometry, slice numbering, anatomy, fractures, HU and label volumes.
 
-Called by src.synth.generate (which writes the result to DICOM and NIfTI), by src.synth.figure, and
+Called by src.synth.generate (which writes the result to DICOM and NIfTI), by src/synthetic_figure.py, and
 by tests that need a study without touching disk. Everything about a study follows from
 ``(study_uid, seed, size)``: three independent random streams (geometry, fractures, noise) mean the
 same study rendered without its fractures differs only inside the clefts.

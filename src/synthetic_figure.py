@@ -1,6 +1,6 @@
 """The README picture: a synthetic study's axial slices and sagittal reformat beside its vertebra mask.
 
-``python -m src.synth.figure out=docs/synthetic_study.png seed=4 size=demo`` builds one study in
+``python -m src.synthetic_figure out=docs/synthetic_study.png seed=4 size=demo`` builds one study in
 memory (a fractured one, so a cleft shows) and draws, top row, axial slices through C1, C2, C5 and
 C7 and a sagittal reformat in a bone window; bottom row, the same with the mask over them
 (C1..C7 coloured, thoracic grey) and the fracture boxes in red.
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import parse_overrides, run_main
-from .study import make_study
+from .config import parse_overrides, run_main
+from .synth.study import make_study
 
 WINDOW = (400.0, 1800.0)  # centre, width: the bone window the classifiers see
 

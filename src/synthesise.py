@@ -1,4 +1,4 @@
-"""``python -m src.synth out=DIR n_train=N n_test=M size=demo|full seed=S seg_fraction=F overwrite=false trap=false``
+"""``python -m src.synthesise out=DIR n_train=N n_test=M size=demo|full seed=S seg_fraction=F overwrite=false trap=false``
 
 Writes a synthetic dataset in the Kaggle layout (see src/synth/generate.py). Defaults come from the
 ``demo:`` section of configs/default.yaml, the same set the training entry points generate.
@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import sys
 
-from ..config import load_experiment_file, parse_overrides, run_main
-from .generate import generate_dataset
+from .config import load_experiment_file, parse_overrides, run_main
+from .synth.generate import generate_dataset
 
 
 def defaults() -> dict:
