@@ -9,7 +9,7 @@ def synthetic_inputs(overrides: list[str], why_synthetic: str):
     """(cfg, data_dir, cache_dir, localisation table) for ``config=effnet_gru`` plus ``overrides``."""
     from src.config import load_config
     from src.paths import is_synthetic, locate_data_dir, localisation_path, resolve_cache_dir
-    from src.tasks.vertebra import read_localisation
+    from src.localisation.table import read_table
 
     cfg = load_config(["config=effnet_gru", *overrides])
     data_dir = locate_data_dir(cfg)
@@ -19,4 +19,4 @@ def synthetic_inputs(overrides: list[str], why_synthetic: str):
     table_path = localisation_path(cfg, cache_dir)
     if not table_path.exists():
         sys.exit(f"no localisation table at {table_path}; build it with `python -m src.localise`")
-    return cfg, data_dir, cache_dir, read_localisation(table_path)
+    return cfg, data_dir, cache_dir, read_table(table_path, complete=False)

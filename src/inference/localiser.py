@@ -18,6 +18,7 @@ from .. import VERTEBRAE
 from ..config import ConfigError
 from .fallbacks import one_line
 from ..localisation.predict import load_localisers
+from ..localisation.table import read_table
 from ..runs import select_folds
 
 
@@ -86,10 +87,8 @@ def load_localiser(runs_dir: Path, run: str, device, table_path: str | None = No
 
 
 def _read_table(table_path: str) -> pd.DataFrame:
-    from ..tasks.vertebra import read_localisation
-
     try:
-        table = read_localisation(Path(table_path))
+        table = read_table(Path(table_path), complete=False)
     except (OSError, ValueError) as err:  # pandas' parser errors are ValueErrors
         raise ConfigError(f"localisation_table={table_path}: cannot use it ({one_line(err)})") from None
     table["StudyInstanceUID"] = table["StudyInstanceUID"].astype(str)

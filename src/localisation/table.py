@@ -27,6 +27,7 @@ from .. import VERTEBRAE
 from .extents import Extent
 
 COLUMNS = ["StudyInstanceUID", "vertebra", "slice_min", "slice_max", "x0", "y0", "x1", "y1", "confidence", "estimated"]
+CROP_COLUMNS = COLUMNS[:8]  # what a vertebra crop needs: the study, the vertebra, its slice range and box
 
 
 def study_rows(uid: str, extents: dict[str, Extent], meta: dict, grid_shape) -> pd.DataFrame:
@@ -58,15 +59,24 @@ def study_rows(uid: str, extents: dict[str, Extent], meta: dict, grid_shape) -> 
     return pd.DataFrame.from_records(records, columns=COLUMNS)
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a localisation table, checking its columns and that every study has its seven rows."""
+def read_table(path: Path, complete: bool = True) -> pd.DataFrame:
+    """Read a localisation table: the one source of the check for every reader.
+
+    ``complete`` (a table this project built, which the localisation step extends): every column, seven rows
+    per study, ``estimated`` as booleans. Otherwise (what the classifier and inference crop by, which may
+    also be a CSV the user names with ``localisation_table=``): the columns a crop needs, as they are;
+    studies and rows it lacks take the classifier's fallback.
+    """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no localisation table at {path}; make it with `python -m src.localise`")
+        raise FileNotFoundError(f"no localisation table at {path}; make it with `python -m src.localise` "
+                                f"(train.sh builds it when it is missing) or set localisation_table=<csv>")
     table = pd.read_csv(path, dtype={"StudyInstanceUID": str})
-    missing = [c for c in COLUMNS if c not in table.columns]
+    missing = [c for c in (COLUMNS if complete else CROP_COLUMNS) if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; rebuild it with `python -m src.localise`")
+    if not complete:
+        return table
     counts = table.groupby("StudyInstanceUID")["vertebra"].nunique()
     short = counts[counts != len(VERTEBRAE)]
     if len(short):

@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from .. import TARGETS, VERTEBRAE
 from ..data.cache import load_study
 from ..data.windows import apply_windows
+from ..localisation.table import CROP_COLUMNS, read_table
 from ..models.registry import model_settings
 from ..paths import localisation_path
 from . import register_task
 from .study_task import SPLIT, StudyClassificationTask, sigmoid
 
 AIR_HU = -1024  # what padding outside the scanned field stands for
-TABLE_COLUMNS = ["StudyInstanceUID", "vertebra", "slice_min", "slice_max", "x0", "y0", "x1", "y1"]
 
 
 # ---- geometry: pure functions of arrays, tested without a cache ----
@@ -108,24 +108,11 @@ def resize_stack(stack: np.ndarray, size: int) -> np.ndarray:
 
 # ---- the localisation table ----
 
-def read_localisation(path: Path) -> pd.DataFrame:
-    """The localisation table, checked for the columns this task reads."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no localisation table at {path}; run `python -m src.localise` "
-                                f"(train.sh builds it when it is missing) or set localisation_table=<csv>")
-    table = pd.read_csv(path, dtype={"StudyInstanceUID": str})
-    missing = set(TABLE_COLUMNS) - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected {TABLE_COLUMNS}")
-    return table
-
-
 def study_plans(table: pd.DataFrame) -> dict[str, dict[str, tuple]]:
     """uid -> vertebra -> (slice_min, slice_max, x0, y0, x1, y1), rows with a missing value left out."""
     plans: dict[str, dict[str, tuple]] = {}
-    usable = table.dropna(subset=TABLE_COLUMNS)
-    for row in usable[TABLE_COLUMNS].itertuples(index=False):
+    usable = table.dropna(subset=CROP_COLUMNS)
+    for row in usable[CROP_COLUMNS].itertuples(index=False):
         plans.setdefault(str(row[0]), {})[str(row[1])] = tuple(float(v) for v in row[2:])
     return plans
 
@@ -287,7 +274,7 @@ def patient_alternatives(vertebra_probs: np.ndarray) -> dict[str, np.ndarray]:
 class VertebraTask(StudyClassificationTask):
     def __init__(self, cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, announce=print):
         super().__init__(cfg, data_dir, cache_dir, folds, announce)
-        self.table = read_localisation(localisation_path(cfg, self.cache_dir))
+        self.table = read_table(localisation_path(cfg, self.cache_dir), complete=False)
 
     def make_dataset(self, frame: pd.DataFrame, train: bool):
         settings = self.settings
@@ -301,7 +288,7 @@ class VertebraTask(StudyClassificationTask):
     def study_batch(cls, cfg, volume: np.ndarray, meta: dict, localisation: pd.DataFrame | None) -> dict:
         """The validation item from the study's localisation rows; without them (or for a vertebra
         without one) the task's own fallback, an even share of the study on the whole slice."""
-        rows = localisation if localisation is not None else pd.DataFrame(columns=TABLE_COLUMNS)
+        rows = localisation if localisation is not None else pd.DataFrame(columns=CROP_COLUMNS)
         plans = next(iter(study_plans(rows).values()), {})  # the rows are this study's
         stacks = VertebraCrops(model_settings(cfg), cfg["windows"]).study_stacks(volume, meta, plans)
         return {"images": torch.from_numpy(stacks)[None]}
