@@ -18,18 +18,19 @@ from .paths import resolve_cache_dir
 def main(argv: list[str]) -> dict:
     cfg = load_config(argv, default_experiment=LOCALISER_EXPERIMENT)
     from .data.folds import ensure_folds
+    from .data.prepare import ensure_cache
     from .localisation.build import build_table, train_missing_folds
     from .models.registry import get_model_class, model_task
-    from .train import STOPS_WITH_A_SENTENCE, ensure_cache
+    from .training import STOPS_WITH_A_SENTENCE
 
     if model_task(get_model_class(cfg["model"])) != "localise":
         raise ConfigError(f"config '{cfg['experiment']}' trains model '{cfg['model']}', not a localiser; "
                           f"use config={LOCALISER_EXPERIMENT}")
-    data_dir = resolve_data_dir(cfg)
-    cache_dir = resolve_cache_dir(cfg, data_dir)
-    ensure_cache(cfg, data_dir, cache_dir)
-    folds = ensure_folds(cfg, data_dir)
     try:
+        data_dir = resolve_data_dir(cfg)
+        cache_dir = resolve_cache_dir(cfg, data_dir)
+        ensure_cache(cfg, data_dir, cache_dir)
+        folds = ensure_folds(cfg, data_dir)
         train_missing_folds(cfg, data_dir, cache_dir, folds)
         _, summary = build_table(cfg, data_dir, cache_dir, folds)
     except STOPS_WITH_A_SENTENCE as err:

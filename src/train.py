@@ -11,46 +11,13 @@ alone, while the other ranks wait; then every rank trains, and only rank 0 print
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from .config import load_config, run_main
-from .data.folds import FoldsError
-from .locks import Busy
-from .models.checkpoint import CheckpointError
-from .training.run_folder import RunFolderError
 from .data.demo import resolve_data_dir
+from .data.prepare import ensure_cache
 from .paths import resolve_cache_dir
 from .runs import run_dir
-
-
-# a finished run, an unfinished one with other settings, a training already in progress, a damaged
-# checkpoint (a localiser's, say): the user's to resolve, so one line rather than a traceback
-STOPS_WITH_A_SENTENCE = (RunFolderError, Busy, CheckpointError, FoldsError)
-
-
-def ensure_cache(cfg, data_dir: Path, cache_dir: Path, announce=print) -> None:
-    """Prepare the studies of train_images that the cache lacks (all of them on a first run)."""
-    from .data.cache import study_lock
-    from .data.prepare import missing_studies, prepare_dataset
-    from .locks import exclusive
-
-    missing = missing_studies(data_dir, cache_dir, "train_images")
-    if not missing:
-        announce(f"[cache] {cache_dir}: every training study is prepared")
-        return
-    p = cfg["prepare"]
-    announce(f"[cache] {len(missing)} studies missing in {cache_dir}, preparing them (size {p['size']}, {p['workers']} workers)")
-    summary = prepare_dataset(data_dir, cache_dir, splits=("train_images",), size=p["size"], workers=p["workers"],
-                              min_slices=p["min_slices"], progress=cfg["progress"], uids=missing,
-                              max_pixels=p["max_pixels"])
-    busy = [item["uid"] for item in summary.get("busy", [])]
-    if busy:
-        # another command is preparing them right now: training on a cache without them would silently
-        # drop those studies, so wait for each one's lock (released when it is written or given up)
-        announce(f"[cache] {len(busy)} studies are being prepared by another process: waiting for them")
-        for uid in busy:
-            with exclusive(study_lock(cache_dir, "train_images", uid), f"cached study {uid}", wait=True):
-                pass
+from .training import STOPS_WITH_A_SENTENCE
 
 
 def main(argv: list[str]) -> dict:
@@ -99,8 +66,6 @@ def _build_and_train(cfg, distributed) -> dict:
         if distributed.current().is_main:
             print(f"[stopped] {err}", file=sys.stderr)
         raise SystemExit(1) from None
-
-
 
 if __name__ == "__main__":
     run_main(main)

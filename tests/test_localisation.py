@@ -355,3 +355,21 @@ def test_a_spine_box_margin_that_is_not_a_range_is_a_config_error(tmp_path):
     task = LocalisationTask(cfg, tiny["data_dir"], tiny["cache_dir"], folds, announce=lambda *_: None)
     with pytest.raises(ConfigError, match="crop_margin"):
         task.datasets()
+
+
+def test_the_localise_command_stops_on_a_broken_folds_file_with_one_line(tmp_path, capsys):
+    from pathlib import Path
+
+    from src.config import run_main
+    from src.localise import main
+    from fake_training_data import make_tiny_dataset, overrides
+
+    tiny = make_tiny_dataset(tmp_path, n_studies=4)
+    folds_file = Path(tiny["folds_dir"]) / f"{Path(tiny['data_dir']).resolve().name}.csv"
+    folds_file.parent.mkdir(parents=True, exist_ok=True)
+    folds_file.write_text("StudyInstanceUID,fold\n1.2.826.0.1.1000,first\n")
+    with pytest.raises(SystemExit) as stop:
+        run_main(main, ["config=localiser", *overrides(tiny)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert str(folds_file) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -1,7 +1,7 @@
 """DICOM studies (and their NIfTI masks) into the study cache, in parallel, resumably.
 
-Called by the ``python -m src.prepare`` command (src/prepare.py), by train.sh through it when the
-cache is missing, and by inference (:func:`prepare_study`, in memory, for test studies). The cache
+Called by the ``python -m src.prepare`` command (src/prepare.py), by the training commands
+(src.train, src.localise) through :func:`ensure_cache` when studies are missing, and by inference (:func:`prepare_study`, in memory, for test studies). The cache
 format itself is src/data/cache.py: int16 HU (slices, size, size) head to feet, an optional uint8
 mask on the same grid, and meta.json.
 
@@ -495,3 +495,24 @@ def format_summary(summary: dict) -> str:
                      f"the next run retries them):")
         lines += [f"  study {item['split']}/{item['uid']}: {item['reason']}" for item in summary["failed"]]
     return "\n".join(lines)
+
+
+def ensure_cache(cfg, data_dir: Path, cache_dir: Path, announce=print) -> None:
+    """Prepare the studies of train_images that the cache lacks (all of them on a first run)."""
+    missing = missing_studies(data_dir, cache_dir, "train_images")
+    if not missing:
+        announce(f"[cache] {cache_dir}: every training study is prepared")
+        return
+    p = cfg["prepare"]
+    announce(f"[cache] {len(missing)} studies missing in {cache_dir}, preparing them (size {p['size']}, {p['workers']} workers)")
+    summary = prepare_dataset(data_dir, cache_dir, splits=("train_images",), size=p["size"], workers=p["workers"],
+                              min_slices=p["min_slices"], progress=cfg["progress"], uids=missing,
+                              max_pixels=p["max_pixels"])
+    busy = [item["uid"] for item in summary.get("busy", [])]
+    if busy:
+        # another command is preparing them right now: training on a cache without them would silently
+        # drop those studies, so wait for each one's lock (released when it is written or given up)
+        announce(f"[cache] {len(busy)} studies are being prepared by another process: waiting for them")
+        for uid in busy:
+            with exclusive(study_lock(cache_dir, "train_images", uid), f"cached study {uid}", wait=True):
+                pass

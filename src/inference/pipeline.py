@@ -31,6 +31,7 @@ from .fallbacks import FallbackLog, one_line
 from .inputs import build_inputs
 from .localiser import Localiser, load_localiser
 from .members import Member, MemberLoadError, finite_probs, load_member
+from .memory import keep_freed_memory
 from .prior import label_prior
 from .settings import resolve_members, resolve_test_data
 from .studies import ReadPlan, ReadStudy, StudyReader, read_study
@@ -134,6 +135,8 @@ def load_predictor(cfg: dict, announce=print, log: FallbackLog | None = None) ->
     loop chooses them (src/training/device.py), so each fold runs as it was validated.
     """
     log = log if log is not None else FallbackLog()
+    if cfg.get("keep_freed_memory"):
+        keep_freed_memory()
     try:
         device = pick_device(cfg)
     except RuntimeError as err:  # device=cuda without one: a setting, so one line

@@ -10,6 +10,15 @@
 The model/task interface the loop relies on is written down in src/models/registry.py and
 src/tasks/__init__.py.
 """
+from ..data.folds import FoldsError
+from ..locks import Busy
+from ..models.checkpoint import CheckpointError
 from .loop import TrainingStopped, fit
+from .run_folder import RunFolderError
 
-__all__ = ["TrainingStopped", "fit"]
+# a finished run, an unfinished one with other settings, a training already in progress, a damaged
+# checkpoint (a localiser's, say), unusable folds: the user's to resolve, so the commands that train
+# (src.train, src.localise) print one line rather than a traceback
+STOPS_WITH_A_SENTENCE = (RunFolderError, Busy, CheckpointError, FoldsError)
+
+__all__ = ["STOPS_WITH_A_SENTENCE", "TrainingStopped", "fit"]
