@@ -40,7 +40,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 HIDDEN_TEST_STUDIES = 1500
 KAGGLE_LIMIT_H = 9.0
-EXPERIMENTS = ("effnet_gru", "cnn3d", "localiser")
+MEMBERS = ("effnet_gru", "cnn3d")
+
+
+def experiments() -> tuple[str, ...]:
+    """The members and the localiser, by the measured checkout's names (older ones spelled it localizer)."""
+    from src.config import CONFIG_DIR
+
+    return (*MEMBERS, "localiser" if (Path(CONFIG_DIR) / "localiser.yaml").exists() else "localizer")
 
 
 def profile_config(experiment: str, profile: str, overrides: list[str]):
@@ -65,7 +72,7 @@ def make_runs(runs_dir: Path, profile: str, folds: int, overrides: dict[str, lis
     from src.models.registry import build_model
 
     sizes = {}
-    for experiment in EXPERIMENTS:
+    for experiment in experiments():
         cfg = profile_config(experiment, profile, overrides.get(experiment, []))
         torch.manual_seed(0)
         model = build_model(cfg)
