@@ -11,7 +11,7 @@ Files (read from the page cache: this is decoding, not disk):
   knows.
 
 Columns: ``dicomsdl`` and ``pydicom`` are the bare libraries (open + pixels); ``reader`` is
-src.data.dicom_reader.read_slice_hu (read the bytes, truncation check, dicomsdl, HU as int16), the
+src.data.dicom_slice.read_slice_hu (read the bytes, truncation check, dicomsdl, HU as int16), the
 per-slice cost prepare pays. Single process, single thread.
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ def bare_pydicom(path: Path) -> np.ndarray:
 
 
 def our_reader(path: Path) -> np.ndarray:
-    from src.data.dicom_reader import read_slice_hu
+    from src.data.dicom_slice import read_slice_hu
 
     return read_slice_hu(path)[0]
 

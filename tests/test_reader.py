@@ -14,8 +14,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from src.data.dicom_reader import (SliceReadError, StudyReadError, read_slice_hu, read_study, stored_to_hu,
-                                   truncation_problem)
+from src.data.dicom_reader import StudyReadError, read_study
+from src.data.dicom_slice import SliceReadError, read_slice_hu, stored_to_hu, truncation_problem
 from src.synth.dicom_writer import write_series
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def test_truncated_files_are_refused_without_crashing(tmp_path, ct_jpeg_lossless
         cut.write_bytes(raw[: int(len(raw) * keep)])
         assert truncation_problem(cut.read_bytes()) is not None
         assert truncation_problem(raw) is None
-        code = ("import sys; from src.data.dicom_reader import read_slice_hu, SliceReadError\n"
+        code = ("import sys; from src.data.dicom_slice import read_slice_hu, SliceReadError\n"
                 "try:\n    read_slice_hu(sys.argv[1])\nexcept SliceReadError as e:\n    print('refused:', e)\n")
         done = subprocess.run([sys.executable, "-c", code, str(cut)], cwd=REPO, capture_output=True, text=True,
                               timeout=120)

@@ -16,7 +16,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from src.data.dicom_reader import DEFAULT_MAX_PIXELS, SliceReadError, read_slice_hu, read_study
+from src.data.dicom_reader import read_study
+from src.data.dicom_slice import DEFAULT_MAX_PIXELS, SliceReadError, read_slice_hu
 from src.synth.dicom_writer import write_series
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,7 +77,7 @@ def test_native_pixel_data_shorter_than_the_header_promises_is_refused(tmp_path)
     # dicomsdl reads past the buffer on such a file (garbage, or a segfault): run it in a child process
     write_small_study(tmp_path / UID, 1, "explicit_le")
     liar = declare_size(tmp_path / UID / "1.dcm", tmp_path / "liar.dcm", 64, 64)  # 8x8 pixels of data
-    code = ("import sys; from src.data.dicom_reader import read_slice_hu, SliceReadError\n"
+    code = ("import sys; from src.data.dicom_slice import read_slice_hu, SliceReadError\n"
             "for decoder in ('dicomsdl', 'auto'):\n"
             "    try:\n        read_slice_hu(sys.argv[1], decoder=decoder)\n        print('read', decoder)\n"
             "    except SliceReadError as e:\n        print('refused', decoder, e)\n")

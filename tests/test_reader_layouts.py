@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from src.data import dicom_reader
+from src.data import dicom_slice
 from src.data.dicom_reader import StudyReadError, read_study
 from src.synth.dicom_writer import derived_uid, write_series, write_slice
 
@@ -116,13 +116,13 @@ def test_junk_files_never_reach_the_decoders(tmp_path, monkeypatch):
     for k in range(50):
         (folder / f"junk{k}").write_bytes(bytes(range(256)) * 4)
     calls = []
-    real = dicom_reader._decode_dicomsdl
+    real = dicom_slice._decode_dicomsdl
 
     def counting(raw, *args, **kwargs):
         calls.append(1)
         return real(raw, *args, **kwargs)
 
-    monkeypatch.setattr(dicom_reader, "_decode_dicomsdl", counting)
+    monkeypatch.setattr(dicom_slice, "_decode_dicomsdl", counting)
     study = read_study(folder, min_slices=5)
     assert study.n_slices == 8 and len(calls) == 8, "a junk file was handed to a decoder"
 

@@ -35,7 +35,8 @@ from ..io_utils import atomic_write_json, remove_stale_temporaries
 from ..locks import Busy, exclusive
 from ..paths import InvalidUID, check_uid
 from .cache import META, is_cached, remove_stale_study_folders, split_lock, study_lock, write_study
-from .dicom_reader import DECODERS, DEFAULT_MAX_PIXELS, StudyReadError, read_study
+from .dicom_reader import StudyReadError, read_study
+from .dicom_slice import DECODERS, DEFAULT_MAX_PIXELS
 from .nifti_masks import MaskError, load_mask
 
 SKIPPED_RECORD = "skipped.json"
@@ -89,7 +90,7 @@ def prepare_study(study_dir: Path, size: int, nii_path: Path | None = None, min_
     """Read one study folder into ``(volume int16 (S, size, size), meta, mask uint8 or None)``; writes nothing.
 
     ``size`` <= 0 keeps the original in-plane size; ``max_pixels`` bounds the frame a DICOM file may
-    declare (src.data.dicom_reader.check_declared_frame). Raises StudyReadError when the study cannot
+    declare (src.data.dicom_slice.check_declared_frame). Raises StudyReadError when the study cannot
     be used. A mask that cannot be aligned is dropped with a warning (the volume is still good).
     """
     study_dir = Path(study_dir)
