@@ -21,13 +21,18 @@ DEFAULTS = {"run": "effnet_gru", "fold": 0, "runs_dir": "runs", "study": "", "st
 def main(argv: list[str]) -> dict:
     from pathlib import Path
 
-    from .reporting.explanations import explain_run, pick_device
+    from .reporting.explanations import explain_run
+    from .training.device import pick_device
 
     args = parse_overrides(argv, DEFAULTS)
     try:
+        device = pick_device(args)
+    except RuntimeError as err:  # device=cuda without one: a setting, so one line
+        raise ConfigError(str(err)) from None
+    try:
         result = explain_run(Path(args["runs_dir"]), args["run"], int(args["fold"]), args["study"] or args["studies"],
                              int(args["n"]), Path(args["out"]) if args["out"] else None, args["data_dir"],
-                             args["cache_dir"], args["localisation_table"], pick_device(args["device"]))
+                             args["cache_dir"], args["localisation_table"], device)
     except RunNotFoundError as err:
         raise ConfigError(str(err)) from None
     print(f"[explain] {len(result['pictures'])} picture(s) in {result['out']}; browse {result['page']}")

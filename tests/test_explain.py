@@ -109,6 +109,10 @@ def test_explain_refuses_clearly(tmp_path, capsys):
         main([f"runs_dir={runs}", "study=1.2.999"])
     with pytest.raises(ConfigError, match="effnet_gru"):  # the error lists the runs that exist
         main([f"runs_dir={runs}", "run=cnn3d"])
+    with pytest.raises(ConfigError, match="fractured"):
+        main([f"runs_dir={runs}", "studies=,"])
+    with pytest.raises(ConfigError, match="device"):
+        main([f"runs_dir={runs}", "device=gpu"])
 
 
 def test_the_explanation_shows_what_validation_fed_the_model(tmp_path):

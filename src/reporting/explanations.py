@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .. import TARGETS
 from ..config import ConfigError
@@ -42,7 +41,7 @@ def choose_studies(studies: str, oof: pd.DataFrame | None, labels: pd.DataFrame,
 
 
 def explain_run(runs_dir: Path, run: str, fold: int, studies: str, n: int = 8, out: Path | None = None,
-                data_dir: str = "", cache_dir: str = "", localisation_table: str = "", device: str = "cpu",
+                data_dir: str = "", cache_dir: str = "", localisation_table: str = "", device="cpu",
                 announce=print) -> dict:
     """Draw the chosen studies of ``run``'s fold ``fold``; returns {"pictures": {uid: png}, "page": html path}."""
     from ..data.cache import cached_uids
@@ -77,8 +76,9 @@ def explain_run(runs_dir: Path, run: str, fold: int, studies: str, n: int = 8, o
     pictures, entries = {}, []
     for uid in uids:
         held_out = uid in predicted.index
-        expl = explain_cached(model, dataset, uid, truth.loc[uid, TARGETS].to_numpy(float) if uid in truth.index else None,
-                              source=f"{run} fold {fold}, {'held out' if held_out else 'a training study of this fold'}")
+        known = truth.loc[uid, TARGETS].to_numpy(float) if uid in truth.index else None
+        role = "held out" if held_out else "a training study of this fold"
+        expl = explain_cached(model, dataset, uid, known, source=f"{run} fold {fold}, {role}")
         if held_out and not np.allclose(expl.probs, predicted.loc[uid, TARGETS].to_numpy(float), atol=1e-3):
             announce(f"[explain] {uid}: probabilities differ from {oof_path} (the cache or localisation table "
                      f"changed since training?)")
@@ -87,9 +87,3 @@ def explain_run(runs_dir: Path, run: str, fold: int, studies: str, n: int = 8, o
     page = write_page(entries, out / "index.html", f"{run} fold {fold}: {studies}")
     return {"pictures": pictures, "page": page, "out": out}
 
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` is CUDA when there is one; else the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)

@@ -84,7 +84,8 @@ class WandbRun:
         if figures:
             self.run.log({name: wandb.Image(str(path)) for name, path in figures.items()})
         if explanations:
-            self.run.log({EXPLANATIONS_KEY: [wandb.Image(str(path), caption=uid) for uid, path in explanations.items()]})
+            pictures = [wandb.Image(str(path), caption=uid) for uid, path in explanations.items()]
+            self.run.log({EXPLANATIONS_KEY: pictures})
         for key, value in metrics.items():
             if isinstance(value, (int, float)):
                 self.run.summary[key] = value
