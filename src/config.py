@@ -165,7 +165,7 @@ EXPERIMENT_RULES: dict[str, Rule] = {
     "epochs": _COUNT, "batch_size": _COUNT, "lr": _POSITIVE, "weight_decay": _NON_NEGATIVE,
     "warmup_epochs": _NON_NEGATIVE, "grad_clip": _NON_NEGATIVE, "ema_decay": _DROPOUT, "num_workers": _COUNT0,
     "device": Rule(test=_device), "precision": Rule(choices=("auto", "bf16", "fp32")),
-    "max_steps_per_epoch": _COUNT0, "limit_studies": _COUNT0,
+    "max_steps_per_epoch": _COUNT0, "limit_studies": _COUNT0, "explain_studies": _COUNT0,
     "wandb.project": _TEXT, "wandb.mode": Rule(choices=("auto", "online", "offline", "disabled")),
     "cnn3d.shape": _SHAPE, "cnn3d.widths": Rule(min_length=1, low=1), "cnn3d.blocks": _COUNT,
     "cnn3d.dropout": _DROPOUT, "cnn3d.aug_flip_lr": _PROBABILITY, "cnn3d.aug_hu_scale": _NON_NEGATIVE,

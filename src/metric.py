@@ -44,9 +44,13 @@ def competition_score(labels: np.ndarray, probs: np.ndarray) -> float:
         raise SubmissionError(f"expected two (N, {len(TARGETS)}) arrays, got {labels.shape} and {probs.shape}")
     if len(labels) == 0:
         raise SubmissionError("no studies to score")
+    return float(study_losses(labels, probs).mean())
+
+
+def study_losses(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Each study's weighted log loss (N,), the terms :func:`competition_score` averages."""
     weights = sample_weights(labels)
-    per_study = (weights * binary_log_loss(labels, probs)).sum(axis=1) / weights.sum(axis=1)
-    return float(per_study.mean())
+    return (weights * binary_log_loss(labels, probs)).sum(axis=1) / weights.sum(axis=1)
 
 
 def per_target_log_loss(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:

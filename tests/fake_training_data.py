@@ -56,7 +56,8 @@ def overrides(tiny: dict, **extra) -> list[str]:
             "runs_dir": tiny["runs_dir"], "localisation_table": tiny["localisation_table"],
             "n_folds": N_FOLDS, "fold": 0, "epochs": 1, "batch_size": 2, "num_workers": 0, "progress": False,
             "device": "cpu", "precision": "fp32", "wandb.mode": "disabled", "max_steps_per_epoch": 2,
-            "compile": False, "resume": False, "pretrained": False}  # no test may need downloaded weights
+            "compile": False, "resume": False, "pretrained": False,  # no test may need downloaded weights
+            "explain_studies": 0}  # pictures are tested where they are the point (tests/test_explain.py)
     base.update(extra)
     return [f"{k}={_yaml(v)}" for k, v in base.items()]
 

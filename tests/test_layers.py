@@ -22,7 +22,8 @@ LAYERS = [
     ("inference", ["src/inference/"]),
     ("reporting", ["src/reporting/"]),
     ("commands", ["src/train.py", "src/prepare.py", "src/localise.py", "src/ensemble.py", "src/report.py",
-                  "src/score.py", "src/synthesise.py", "src/synthetic_figure.py", "infer.py"]),
+                  "src/score.py", "src/synthesise.py", "src/synthetic_figure.py", "src/explain.py", "src/dashboard.py",
+                  "infer.py"]),
 ]
 
 

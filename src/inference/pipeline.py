@@ -5,7 +5,8 @@ localisation, in worker processes ahead of the models (src/inference/studies.py,
 then, here, localise the vertebrae if a member needs them (src/inference/localiser.py), build the
 inputs that wait for that (src/inference/inputs.py), run every fold model of every member
 (src/inference/members.py), combine the members with their weights in probability or logit space
-(src/ensembling/weights.py). Nothing is written to disk but the submission. Whatever goes wrong with
+(src/ensembling/weights.py). Nothing is written to disk but the submission (and, with ``explain=true``,
+a picture of each study beside it: src/inference/explanations.py). Whatever goes wrong with
 one study costs only that study's prediction, never its rows: it falls back to the remaining members
 or the label prior, and the fallback is recorded (src/inference/fallbacks.py) and summarised at the
 end. The same holds before the loop: a member (or fold) whose best.pt cannot load is left out and the
@@ -27,6 +28,7 @@ from ..config import ConfigError
 from ..ensembling.weights import combine as combine_members
 from ..paths import InvalidUID, _abs, check_uid
 from ..training.device import autocast_for, pick_device
+from .explanations import TestExplainer
 from .fallbacks import FallbackLog, one_line
 from .inputs import build_inputs
 from .localiser import Localiser, load_localiser
@@ -50,6 +52,7 @@ class Predictor:
     tta: bool = False
     min_slices: int = 10
     workers: int = 2   # reading processes ahead of the models; 0 = read in this process
+    explainer: TestExplainer | None = None  # explain=true: a picture per study (src/inference/explanations.py)
     timings: dict = field(default_factory=lambda: defaultdict(float))  # seconds per stage, all studies
 
     @property
@@ -102,9 +105,15 @@ class Predictor:
             self.timings["localise"] += time.perf_counter() - start
         start = time.perf_counter()
         inputs = {**study.inputs, **build_inputs(late, study.volumes, localisation)}
+        volumes = study.volumes if self.explainer is not None else None
         study.volumes = None  # the inputs are built: free the decoded study before the models run
         self.timings["inputs after localising"] += time.perf_counter() - start
-        return self._combine_members(uid, inputs, log)
+        prediction = self._combine_members(uid, inputs, log)
+        if self.explainer is not None and prediction is not None:
+            start = time.perf_counter()
+            self.explainer.add(uid, self.members, inputs, volumes, localisation)
+            self.timings["explain"] += time.perf_counter() - start
+        return prediction
 
     def _combine_members(self, uid: str, inputs: dict, log: FallbackLog) -> np.ndarray | None:
         probs, weights = [], []
@@ -220,6 +229,8 @@ def run_inference(cfg: dict, announce=print) -> dict:
         log.add("unnamed_folder", name, f"{image_root / name} is not in test.csv")
     prior, prior_source = label_prior(data_dir)
     predictor = load_predictor(cfg, announce, log)
+    if cfg.get("explain"):
+        predictor.explainer = TestExplainer(_abs(cfg["output"]).parent / "explanations")
     announce(f"[data] {len(uids)} studies ({len(test)} rows) in {data_dir / 'test.csv'}; prior: {prior_source}")
 
     predictions: dict[str, np.ndarray] = {uid: prior for uid in uids}
@@ -254,6 +265,8 @@ def run_inference(cfg: dict, announce=print) -> dict:
             bar.update(1)
             started_wait = time.perf_counter()
     bar.close()
+    if predictor.explainer is not None:
+        predictor.explainer.finish(announce)
 
     submission = build_submission(test, predictions, prior)
     path = write_submission(submission, test, _abs(cfg["output"]))

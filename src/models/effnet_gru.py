@@ -8,6 +8,7 @@ sampled evenly over the vertebra's range from the localisation table, cropped to
     batch["images"]  float (B, 7, N, C, H, W)    B studies, 7 vertebrae, N slices, C = windows x (2k+1)
     batch["labels"]  float (B, 8)                 TARGETS order, optional
     output["logits"] float (B, 8)                 patient_overall, C1..C7
+    output["attention"] float (B, 7, N)           each vertebra's attention weights over its slices (sum 1)
 
 Each vertebra's slices are embedded by the encoder, a bidirectional GRU reads them in order
 (head to feet), attention pooling weighs the slices (a fracture shows on a few of them), and a linear
@@ -105,9 +106,11 @@ class AttentionPool(nn.Module):
         super().__init__()
         self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
 
-    def forward(self, sequence: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, D)
+    def forward(self, sequence: torch.Tensor, with_weights: bool = False):
+        """(B, N, D) -> (B, D); with ``with_weights`` also the (B, N) weights, which sum to 1 over N."""
         weights = torch.softmax(self.score(sequence).squeeze(-1), dim=1)
-        return (weights.unsqueeze(-1) * sequence).sum(dim=1)
+        pooled = (weights.unsqueeze(-1) * sequence).sum(dim=1)
+        return (pooled, weights) if with_weights else pooled
 
 
 @register_model("effnet_gru")
@@ -158,12 +161,15 @@ class EffNetGRU(nn.Module):
             if self.patient_head == "learned":
                 self.patient_mlp[-1].bias.fill_(float(torch.logit(rates[0])))
 
-    def embed_vertebrae(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, V, N, C, H, W) slice stacks -> (B, V, 2 * gru_hidden) pooled vertebra embeddings."""
+    def embed_vertebrae(self, images: torch.Tensor, with_attention: bool = False):
+        """(B, V, N, C, H, W) slice stacks -> (B, V, 2 * gru_hidden) pooled vertebra embeddings; with
+        ``with_attention`` also the (B, V, N) attention weights that pooled them (src/tasks/explanation.py)."""
         b, v, n = images.shape[:3]
         slices = self.encoder(images.flatten(0, 2))                   # (B*V*N, F)
         sequence, _ = self.gru(slices.view(b * v, n, -1).float())     # GRU in fp32: bf16 recurrences drift
-        return self.pool(sequence).view(b, v, -1)
+        pooled, weights = self.pool(sequence, with_weights=True)
+        pooled = pooled.view(b, v, -1)
+        return (pooled, weights.view(b, v, n)) if with_attention else pooled
 
     def forward_vertebrae(self, batch: dict) -> dict:
         """Single-vertebra items (``train_unit: vertebra``): images (B, N, C, H, W), vertebra (B,) in 0..6."""
@@ -184,7 +190,7 @@ class EffNetGRU(nn.Module):
         images = batch["images"]
         if images.ndim != 6 or images.shape[1] != N_VERTEBRAE:
             raise ValueError(f"effnet_gru expects images (B, 7, N, C, H, W), got {tuple(images.shape)}")
-        pooled = self.embed_vertebrae(images)                         # (B, 7, D)
+        pooled, attention = self.embed_vertebrae(images, with_attention=True)  # (B, 7, D), (B, 7, N)
         vertebra_logits = self.vertebra_head(self.dropout(pooled)).squeeze(-1) + self.vertebra_bias
         if self.patient_head == "noisy_or":
             patient = noisy_or_logit(vertebra_logits)
@@ -194,7 +200,7 @@ class EffNetGRU(nn.Module):
             summary = torch.cat([pooled.max(dim=1).values, pooled.mean(dim=1)], dim=1)
             patient = self.patient_mlp(self.dropout(summary)).squeeze(-1)
         logits = torch.cat([patient.unsqueeze(1).float(), vertebra_logits.float()], dim=1)
-        out = {"logits": logits, "vertebra_logits": vertebra_logits}
+        out = {"logits": logits, "vertebra_logits": vertebra_logits, "attention": attention.float()}
         if "labels" in batch:
             out["loss"] = competition_loss(logits, batch["labels"])
         return out

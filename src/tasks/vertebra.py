@@ -155,11 +155,15 @@ class VertebraCrops:
     def channels(self) -> int:
         return (2 * self.neighbours + 1) * len(self.windows)
 
+    def sampled_positions(self, meta: dict, plan: tuple) -> np.ndarray:
+        """The ``n_slices`` volume indices sampled over the plan's slice range (jittered when training)."""
+        first, last = slice_range_indices(meta["slice_numbers"], plan[0], plan[1])
+        return sample_positions(first, last, self.n_slices, jitter=0.5 if self.train else 0.0)
+
     def vertebra_stack(self, volume: np.ndarray, meta: dict, plan: tuple, out: np.ndarray | None = None) -> np.ndarray:
         """(N, C, S, S) float32 for one vertebra of a study, written into ``out`` when given."""
-        slice_min, slice_max, x0, y0, x1, y1 = plan
-        first, last = slice_range_indices(meta["slice_numbers"], slice_min, slice_max)
-        positions = sample_positions(first, last, self.n_slices, jitter=0.5 if self.train else 0.0)
+        _, _, x0, y0, x1, y1 = plan
+        positions = self.sampled_positions(meta, plan)
         index = neighbour_indices(positions, self.neighbours, self.neighbour_step, volume.shape[0])
         # original slice pixels -> cached grid (prepare may have resized the slices)
         rows, cols = meta.get("original_shape", volume.shape[1:])
@@ -292,6 +296,19 @@ class VertebraTask(StudyClassificationTask):
         plans = next(iter(study_plans(rows).values()), {})  # the rows are this study's
         stacks = VertebraCrops(model_settings(cfg), cfg["windows"]).study_stacks(volume, meta, plans)
         return {"images": torch.from_numpy(stacks)[None]}
+
+    def explain(self, model, val_dataset, oof: pd.DataFrame, out_dir: Path, n: int) -> dict[str, Path]:
+        """{uid: PNG} for the ``n`` held-out studies the run got most wrong: the crops, the attention over
+        them and the reformats (src/tasks/explanation.py, explanation_figure.py), drawn into ``out_dir``.
+        ``model`` is the bare model in eval mode; it is only run forward."""
+        from .explanation import explain_cached, worst_studies
+        from .explanation_figure import draw_explanation
+
+        truth = self.val_frame.set_index("StudyInstanceUID")
+        source = f"{self.cfg['experiment']} fold {self.cfg['fold']}, held out"
+        return {uid: draw_explanation(explain_cached(model, val_dataset, uid, truth.loc[uid, TARGETS].to_numpy(float),
+                                                     source=source), Path(out_dir) / f"{uid}.png")
+                for uid in worst_studies(oof, self.val_frame, n)}
 
     def evaluate(self, outputs: dict, val_dataset) -> tuple[dict, pd.DataFrame]:
         """The shared metrics, plus the score patient_overall would get from each principled combination

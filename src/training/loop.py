@@ -5,7 +5,8 @@ named steps over one :class:`Training`: build, resume, wrap, train one epoch, va
 The model comes from the registry (src/models/registry.py) and the data and the validation metric from
 the task (src/tasks/__init__.py); the loop itself knows neither. Per run it writes, in the run folder:
 config.yaml, last.pt and best.pt (src/training/checkpoint.py), history.csv (one row per epoch),
-metrics.json, oof.csv and the figures the task draws, all from the best checkpoint, plus a W&B run.
+metrics.json, oof.csv and the figures the task draws, all from the best checkpoint, the pictures of
+``explain_studies`` held-out studies in explanations/ (tasks that can explain), plus a W&B run.
 
 Determinism, so that ``resume=true`` reproduces an uninterrupted run exactly: the data order of epoch e
 comes from a generator seeded with ``seed + e`` (worker seeds too), and every other random draw from the
@@ -391,11 +392,27 @@ def _finish(run: Training, announce) -> dict:
             atomic_write_csv(run.folder / "oof.csv", oof)
             files.append(run.folder / "oof.csv")
         figures = run.task.figures(metrics, oof, run.val_set, run.folder) if oof is not None else {}
+        explanations = _explanations(run, oof, announce)
         atomic_write_json(run.folder / FINISHED_MARKER, metrics)
-        run.logger.finish(metrics, figures, files, model_file=run.best_path if cfg["wandb"]["log_model"] else None)
+        run.logger.finish(metrics, figures, files, model_file=run.best_path if cfg["wandb"]["log_model"] else None,
+                          explanations=explanations)
         prior = f" (label prior {metrics['prior_score']:.4f})" if "prior_score" in metrics else ""
         announce(f"[done] {run.folder}: best epoch {state['epoch']}, {run.monitor} {metrics[run.monitor]:.4f}{prior}")
     return distributed.broadcast_object(metrics)
+
+
+def _explanations(run: Training, oof, announce) -> dict[str, Path]:
+    """Pictures of ``explain_studies`` held-out studies (the task's ``explain``, when it has one) in
+    ``<run>/explanations/``, for the W&B run. Drawn after every number of the run is fixed, with the model
+    only run forward; a picture that cannot be drawn is announced and costs nothing else."""
+    n = int(run.cfg.get("explain_studies", 0))
+    if n <= 0 or oof is None or not hasattr(run.task, "explain"):
+        return {}
+    try:
+        return run.task.explain(run.judged, run.val_set, oof, run.folder / "explanations", n)
+    except Exception as err:  # a picture must never cost the finished run
+        announce(f"[explain] no explanation pictures: {type(err).__name__}: {err}")
+        return {}
 
 
 def _silent(*_args, **_kwargs) -> None:

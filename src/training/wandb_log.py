@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import flatten
 
+EXPLANATIONS_KEY = "explanations"  # the media key of the held-out studies' pictures (src/reporting/dashboard.py)
+
 
 def logged_in() -> bool:
     if os.environ.get("WANDB_API_KEY"):
@@ -73,12 +75,17 @@ class WandbRun:
         if self.run is not None:
             self.run.log({k: v for k, v in row.items() if k != "epoch"} | {"epoch": epoch}, step=epoch)
 
-    def finish(self, metrics: dict, figures: dict, files: list[Path], model_file: Path | None = None) -> None:
+    def finish(self, metrics: dict, figures: dict, files: list[Path], model_file: Path | None = None,
+               explanations: dict | None = None) -> None:
+        """The end of the run: figures, explanation pictures ({uid: png}, one media key), summary, artifacts."""
         if self.run is None:
             return
         wandb = self.wandb
         if figures:
             self.run.log({name: wandb.Image(str(path)) for name, path in figures.items()})
+        if explanations:
+            pictures = [wandb.Image(str(path), caption=uid) for uid, path in explanations.items()]
+            self.run.log({EXPLANATIONS_KEY: pictures})
         for key, value in metrics.items():
             if isinstance(value, (int, float)):
                 self.run.summary[key] = value

@@ -1,0 +1,128 @@
+"""Does the classifier's attention fall on the fractures? Measured on held-out fractured demo studies.
+
+    python benchmarks/attention_on_cleft.py                  # the effnet_gru run of fold 0 on the demo
+    python benchmarks/attention_on_cleft.py -- fold=1 runs_dir=/elsewhere/runs   # config overrides after --
+
+Only synthetic data can answer this: ``synth_fractures.csv`` says which DICOM slices each cleft crosses.
+For every cleft of a fractured vertebra in the held-out fold's studies, the vertebra's ``n_slices`` sampled
+slices (the crops validation fed the model, src/tasks/vertebra.py) split into those the cleft crosses and
+the rest. Three shares of the vertebra's attention (the GRU pooling's weights, src/models/effnet_gru.py)
+fall on the crossed ones:
+
+- ``attention``: the trained model on the study as cached (what validation saw);
+- ``no cleft``: the same model on the same study rendered again without its clefts (src.synth.study.make_study
+  with_fractures=False; nothing else changes), so the same slices at the same places: the attention those
+  slices get for where they are (mid-vertebra, say) rather than for what they show;
+- ``uniform``: their share of the sampled slices, what attention spread evenly would give.
+
+Printed per cleft kind (body, arch, ring, dens): clefts, how many cross at least one sampled slice, the
+mean of each share over those, and how often the attention share beats the no-cleft one. Needs the demo
+data, the cache, the localisation table and a trained run (``bash train.sh fold=0``); a minute or two on
+a CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def cleft_shares(slice_numbers: np.ndarray, attention: np.ndarray, slice_min: int, slice_max: int) -> dict:
+    """For one vertebra's sampled slices (their DICOM numbers) and its attention weights: which the cleft
+    crossing ``slice_min..slice_max`` crosses, their attention share and their uniform share."""
+    crossed = (slice_numbers >= min(slice_min, slice_max)) & (slice_numbers <= max(slice_min, slice_max))
+    return {"crossed": int(crossed.sum()), "attention": float(attention[crossed].sum()),
+            "uniform": float(crossed.mean())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides (after --)")
+    args = parser.parse_args()
+
+    from tqdm import tqdm
+
+    from cleft_ablation import cached_order
+    from demo_inputs import synthetic_inputs
+    from src import VERTEBRAE
+    from src.data.cache import load_study
+    from src.data.folds import ensure_folds
+    from src.models.checkpoint import trained_model
+    from src.runs import run_dir
+    from src.synth.generate import plan_dataset
+    from src.synth.study import make_study
+    from src.tasks.explanation import explain_study
+    from src.tasks.vertebra import VertebraDataset
+
+    cfg, data_dir, cache_dir, table = synthetic_inputs(
+        args.overrides, "only synthetic studies say which slices each cleft crosses")
+    folder = run_dir(cfg)
+    if not (folder / "best.pt").exists():
+        sys.exit(f"no {folder / 'best.pt'}; train it first (bash train.sh fold={cfg['fold']})")
+    model, config = trained_model(folder)
+    demo = cfg["demo"]
+    tasks = {t["uid"]: t for t in plan_dataset(demo["n_train"], demo["n_test"], demo["size"], demo["seed"],
+                                               demo["seg_fraction"], False)[0]}
+    clefts = pd.read_csv(data_dir / "synth_fractures.csv", dtype={"StudyInstanceUID": str})
+    labels = pd.read_csv(data_dir / "train.csv", dtype={"StudyInstanceUID": str}).set_index("StudyInstanceUID")
+    folds = ensure_folds(cfg, data_dir)
+    held_out = set(folds.loc[folds["fold"] == cfg["fold"], "StudyInstanceUID"])
+    chosen = sorted(u for u in held_out if u in labels.index and labels.loc[u, "patient_overall"] == 1)
+    if any(u not in tasks for u in chosen):
+        sys.exit(f"the demo settings in the config do not describe {data_dir} (another n_train, seed or seg_fraction?)")
+    dataset = VertebraDataset(cache_dir, chosen, table, config["effnet_gru"], config["windows"])
+
+    rows, skipped = [], []
+    for uid in tqdm(chosen, desc="attention with and without clefts", unit="study"):
+        task = tasks[uid]
+        cached = load_study(cache_dir, "train_images", uid, with_mask=False)
+        volume = np.asarray(cached.volume)
+        study = make_study(uid, task["seed"], size=task["size"], fractured=task["fractured"])
+        order = cached_order(study.hu, study.z_positions, volume)
+        if order is None:
+            skipped.append(uid)
+            continue
+        intact = make_study(uid, task["seed"], size=task["size"], fractured=task["fractured"], with_fractures=False)
+        plans = dataset.plans.get(uid, {})
+        seen = explain_study(model, dataset.crops, uid, volume, cached.meta, plans)
+        control = explain_study(model, dataset.crops, uid, intact.hu[order].astype(volume.dtype), cached.meta, plans)
+        for cleft in clefts[(clefts["StudyInstanceUID"] == uid) & (clefts["split"] == "train_images")].itertuples():
+            k = VERTEBRAE.index(cleft.vertebra)
+            if cleft.slice_min < 0 or labels.loc[uid, cleft.vertebra] != 1:
+                continue
+            shares = cleft_shares(seen.slice_numbers[k], seen.attention[k], cleft.slice_min, cleft.slice_max)
+            without = cleft_shares(control.slice_numbers[k], control.attention[k], cleft.slice_min, cleft.slice_max)
+            rows.append({"study": uid, "vertebra": cleft.vertebra, "kind": cleft.component, **shares,
+                         "no_cleft": without["attention"], "probability": float(seen.probs[k + 1])})
+    if skipped:
+        print(f"{len(skipped)} studies skipped: the cache is not the rendered study (e.g. {skipped[0]})")
+    if not rows:
+        sys.exit("no held-out cleft to measure")
+    frame = pd.DataFrame(rows)
+    crossing = frame[frame["crossed"] > 0]
+    summary = pd.DataFrame({
+        "clefts": frame.groupby("kind").size(),
+        "crossing_a_sampled_slice": crossing.groupby("kind").size(),
+        "attention": crossing.groupby("kind")["attention"].mean(),
+        "no_cleft": crossing.groupby("kind")["no_cleft"].mean(),
+        "uniform": crossing.groupby("kind")["uniform"].mean(),
+        "attention_above_no_cleft": crossing.assign(up=crossing["attention"] > crossing["no_cleft"])
+        .groupby("kind")["up"].mean(),
+    }).fillna(0)
+    summary.loc["all"] = [len(frame), len(crossing), crossing["attention"].mean(), crossing["no_cleft"].mean(),
+                          crossing["uniform"].mean(), (crossing["attention"] > crossing["no_cleft"]).mean()]
+    pd.set_option("display.width", 160)
+    print(f"{folder}: share of a fractured vertebra's attention on the slices its cleft crosses, held-out fold "
+          f"{cfg['fold']} ({frame['study'].nunique()} studies, {config['effnet_gru']['n_slices']} sampled slices "
+          f"a vertebra); means over the clefts that cross a sampled slice")
+    print(summary.round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()
