@@ -21,7 +21,8 @@ LAYERS = [
     ("stages", ["src/localisation/build.py", "src/folds.py", "src/ensembling/"]),
     ("inference", ["src/inference/"]),
     ("reporting", ["src/reporting/"]),
-    ("commands", ["src/train.py", "src/prepare.py", "src/localise.py", "src/ensemble.py", "src/report.py",
+    ("packaging", ["src/packaging/"]),
+    ("commands", ["src/train.py", "src/kaggle.py", "src/prepare.py", "src/localise.py", "src/ensemble.py", "src/report.py",
                   "src/score.py", "src/synth/__main__.py", "src/synth/figure.py", "infer.py"]),
 ]
 
