@@ -20,7 +20,7 @@ from src.inference.settings import load_infer_config
 from src.kaggle import settings as kaggle_settings
 from src.packaging import check as check_module
 from src.packaging.build import PLACEHOLDER_OWNER, Package, build
-from src.packaging.check import CheckFailed, check_package, metadata_problems, projection
+from src.packaging.check import CheckFailed, check_package, metadata_problems, over_limit, projection
 from src.packaging.environment import INFERENCE_NEEDS, KAGGLE_IMAGE, canonical, image_distributions, shipped_pins
 from src.packaging.push import NO_CREDENTIALS, PushError, push
 from src.packaging.wheels import platform_tags, read_requirements
@@ -109,6 +109,20 @@ def test_the_shipped_arguments_make_infer_load_exactly_the_shipped_folds(tmp_pat
     assert cfg["members"] == [{"run": "cnn3d", "weight": 1.0, "folds": [1]}] and cfg["tta"] is True
 
 
+def test_an_ensemble_file_that_chose_the_weights_is_shipped_with_its_nested_cv(tmp_path, runs_dir):
+    ensemble = {"members": ["effnet_gru", "cnn3d"], "weights": [0.25, 0.75], "combine": "logit",
+                "nested_cv": {"score": 0.31}}
+    (runs_dir / "ensemble.json").write_text(json.dumps(ensemble))
+    try:
+        package = make(tmp_path, runs_dir, "members=[effnet_gru,cnn3d]")
+    finally:
+        (runs_dir / "ensemble.json").unlink()
+    assert json.loads((package.weights / "runs" / "ensemble.json").read_text()) == ensemble
+    manifest = package.manifest
+    assert manifest["ensemble_nested_cv"] == 0.31 and manifest["combine"] == "logit"
+    assert manifest["runs"]["cnn3d"]["weight"] == 0.75 and sorted(manifest["runs"]["cnn3d"]["folds"]) == ["0", "1"]
+
+
 def test_metadata_holds_the_fields_the_kaggle_cli_reads(tmp_path, runs_dir):
     package = make(tmp_path, runs_dir, "owner=someone", "name=cspine-test")
     code, weights = package.metadata(package.code), package.metadata(package.weights)
@@ -167,6 +181,9 @@ def test_projection_separates_fixed_costs_from_the_time_per_study():
     assert timing["device"] == "cuda" and timing["studies_timed"] == 18 and timing["seconds_per_study"] == 2.0
     assert timing["projected_hours"] == pytest.approx((30 + 4 + 10 + 2.0 * 1500) / 3600)
     assert projection(output, (30.0, 50.0), 1500, 4.0)["projected_hours"] == pytest.approx((44 + 0.5 * 1500) / 3600)
+    slow = projection(output.replace("in 46.0 s", "in 460.0 s"), (30.0, 500.0), 1500, 0.0)  # 25 s a study
+    assert over_limit(timing, 9.0, "here") is None
+    assert "projected 10.4 h for 1500 studies on here, over the 9 h limit" in over_limit(slow, 9.0, "here")
 
 
 def test_push_without_credentials_stops_with_one_line(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ def build(settings: dict, download: Downloader = pip_download, announce=print) -
     cfg = load_infer_config(list(settings["infer"]))
     choice = choose(cfg, announce)
     if package.root.exists():
+        writable(package.root)  # check leaves read-only copies of the datasets in check/input
         shutil.rmtree(package.root)
     owner, ids = settings["owner"], slugs(settings["name"])
 
@@ -114,6 +116,12 @@ def build(settings: dict, download: Downloader = pip_download, announce=print) -
     if owner == PLACEHOLDER_OWNER:
         announce(f"[build] owner={owner} is a placeholder: rebuild with owner=<your Kaggle user name> before push")
     return package
+
+
+def writable(folder: Path) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
 
 
 def write_json(path: Path, data: dict) -> None:

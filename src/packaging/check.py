@@ -38,7 +38,7 @@ from pathlib import Path
 from ..config import load_experiment_file
 from ..paths import _abs
 from . import notebook as nb
-from .build import ROOT, Package
+from .build import ROOT, Package, writable
 from .environment import image_distributions
 from .weights import verify
 from .wheels import missing_wheels
@@ -146,12 +146,6 @@ def lay_out_input(package: Package, test_data: Path, input_dir: Path, competitio
             path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
-def writable(folder: Path) -> None:
-    for path in [folder, *folder.rglob("*")]:
-        if not path.is_symlink():
-            path.chmod(path.stat().st_mode | stat.S_IWUSR)
-
-
 def execute_notebook(path: Path, python: Path, env: dict, workdir: Path, timeout: int) -> dict:
     """Run the notebook on a kernel of ``python``; the executed notebook. Raises CheckFailed naming the cell."""
     import nbformat
@@ -242,6 +236,14 @@ def projection(infer_output: str, cell_seconds_: tuple[float, float], studies: i
             "studies": studies, "projected_hours": total / 3600}
 
 
+def over_limit(timing: dict, hours: float, where: str) -> str | None:
+    """Why the package would not finish within ``hours`` on the hidden test set, or None when it would."""
+    if timing["projected_hours"] <= hours:
+        return None
+    return (f"projected {timing['projected_hours']:.1f} h for {timing['studies']} studies on {where}, over the "
+            f"{hours:g} h limit: fewer folds or members, or measure the target's speed_factor")
+
+
 def check(settings: dict, announce=print) -> dict:
     """Run every step; returns what it measured (also written to ``<out>/check/check.json``)."""
     started = time.perf_counter()
@@ -292,10 +294,9 @@ def check(settings: dict, announce=print) -> dict:
              f"(install {timing['install_seconds']:.0f}, start {timing['startup_seconds']:.0f}, models "
              f"{timing['load_seconds']:.0f}); projected for {timing['studies']} studies on {where}: "
              f"{timing['projected_hours']:.2f} h of Kaggle's {settings['hours']:g} h")
-    if timing["projected_hours"] > settings["hours"]:
-        raise CheckFailed(f"projected {timing['projected_hours']:.1f} h for {timing['studies']} studies on {where}, "
-                          f"over the {settings['hours']:g} h limit: fewer folds or members, or measure the target's "
-                          f"speed_factor")
+    problem = over_limit(timing, settings["hours"], where)
+    if problem:
+        raise CheckFailed(problem)
     announce(f"[check] passed in {result['check_seconds']:.0f} s; details in {work / 'check.json'}")
     return result
 
