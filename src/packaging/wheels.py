@@ -38,7 +38,8 @@ def pip_download(requirements: list[str], folder: Path, python_version: str, pla
                python_version, "--implementation", "cp", "--dest", str(folder), "--quiet"]
     for tag in platforms:
         command += ["--platform", tag]
-    print("[wheels] " + " ".join(command[2:7]) + f" ... ({len(requirements)} packages)")
+    print(f"[wheels] pip download --only-binary=:all: --no-deps: {len(requirements)} packages for Python "
+          f"{python_version}, {platforms[0]} and older")
     subprocess.run(command + requirements, check=True)
 
 
