@@ -95,7 +95,7 @@ def test_build_ships_what_infer_uses_with_checksums_and_cv(tmp_path, runs_dir):
     # the notebook runs infer.py on the competition's data with runs_dir in the weights dataset
     cells = ["".join(c["source"]) for c in json.loads((package.notebook / "submission.ipynb").read_text())["cells"]]
     assert "--no-index" in cells[0] and "--find-links" in cells[0] and "timm" in cells[0]
-    assert "runs_dir={WEIGHTS / 'runs'}" in cells[1] and "submission.csv" in cells[1]
+    assert "runs_dir={WEIGHTS / 'runs'}" in cells[1] and "*SHIPPED" in cells[1] and "submission.csv" in cells[1]
     assert "members=[{run: effnet_gru, weight: 1, folds: [0]}]" in cells[1] and "localiser=localiser" in cells[1]
 
 
@@ -240,3 +240,22 @@ def test_check_in_the_clean_environment_names_a_module_no_wheel_provides(tmp_pat
     _, cfg = kaggle_settings(["check", f"out={package.root}", f"test_data={data_dir}", "timeout=300"])
     with pytest.raises(CheckFailed, match=r"notebook cell 1 failed: .*missing module\(s\).*timm \(ModuleNotFoundError"):
         check_module.check(cfg, announce=lambda *a: None)
+
+
+@pytest.mark.slow
+def test_check_end_to_end_matches_infer_row_by_row(tmp_path, runs_dir, data_dir, monkeypatch):
+    """The whole check offline, no wheel downloaded: the image stand-in is given every package inference needs,
+    so the notebook runs infer.py from the read-only datasets, and its submission must equal infer.py's."""
+    from src.packaging.environment import closure
+
+    monkeypatch.setattr("src.packaging.build.shipped_pins", lambda python_version: [])
+    monkeypatch.setattr("src.packaging.check.image_distributions",
+                        lambda python_version: closure([*KAGGLE_IMAGE, *INFERENCE_NEEDS], python_version))
+    package = make(tmp_path, runs_dir, "members=[effnet_gru,cnn3d]", "device=cpu")
+    _, cfg = kaggle_settings(["check", f"out={package.root}", f"test_data={data_dir}", "timeout=600"])
+    result = check_module.check(cfg, announce=lambda *a: None)
+    assert result["identical"] and result["rows"] == len(UIDS) * 8 and result["studies_timed"] == len(UIDS)
+    assert result["device"] == "cpu" and 0 < result["projected_hours"] < result["limit_hours"]
+    work = package.root / "check"
+    assert (work / "working" / "submission.csv").read_text() == (work / "reference.csv").read_text()
+    assert json.loads((work / "check.json").read_text())["identical"] is True

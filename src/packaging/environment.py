@@ -9,9 +9,10 @@ something in the image, is shipped, pinned to the version installed in the envir
 the versions the project's tests and the reference ``python infer.py`` ran with.
 
 What the inference path imports was found by running infer.py with every other third-party package
-blocked (matplotlib, albumentations, OpenCV, W&B and scikit-learn's optional users are imported only
-for training or plots); ``INFERENCE_NEEDS`` lists the roots, and each one's own requirements follow
-from its metadata.
+blocked (matplotlib, albumentations and W&B are imported only for training or plots), and by check
+itself: OpenCV is imported only when slices are shrunk to a model's cache size, which the demo (128 px
+slices, 128 px cache) never does, and tests/test_kaggle.py's end-to-end check on 32 px studies read at
+16 px caught it. ``INFERENCE_NEEDS`` lists the roots; each one's own requirements follow from its metadata.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ INFERENCE_NEEDS = {
     "python-gdcm": "gdcm",
     "dicomsdl": "dicomsdl",
     "nibabel": "nibabel",
+    "opencv-python-headless": "cv2",  # shrinking slices to the cache size (src/data/prepare.py)
 }
 
 DEFAULT_PYTHON = "3.11"                     # Kaggle's image in 2025-2026

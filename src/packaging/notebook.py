@@ -82,9 +82,10 @@ INFER_CELL = '''\
 # Cell 2: predict every study of the competition's test.csv with the shipped runs.
 import time
 
+SHIPPED = {infer_args!r}  # the members, folds and localiser in the weights dataset (its manifest.json)
 started = time.perf_counter()
 process = subprocess.Popen([sys.executable, str(CODE / "infer.py"), f"data_dir={{DATA}}", f"runs_dir={{WEIGHTS / 'runs'}}",
-                            f"output={{WORKING / 'submission.csv'}}", "progress=false", *{infer_args!r}],
+                            f"output={{WORKING / 'submission.csv'}}", "progress=false", *SHIPPED],
                            cwd=WORKING, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 for line in process.stdout:
     print(line, end="")
