@@ -216,7 +216,8 @@ def test_push_runs_and_prints_the_cli_commands(tmp_path, runs_dir, capsys):
                    ["kaggle", "datasets", "version", "-p", str(package.weights), "-m", "first", "--dir-mode", "zip"],
                    ["kaggle", "kernels", "push", "-p", str(package.notebook)]]
     printed = capsys.readouterr().out
-    assert all("$ " + " ".join(c) in printed for c in ran)
+    assert all("$ " + " ".join(c) in printed for c in ran) and "$ kaggle datasets status me/rsna-cspine-code" in printed
+    assert [c for c in cli.commands if c[2] != "status"] == ran
     _, cfg = kaggle_settings(["push", f"out={package.root}", "submit=true", "version=3", "message=v3"])
     assert push(cfg, run=cli, env=env) == [["kaggle", "competitions", "submit",
                                              "rsna-2022-cervical-spine-fracture-detection", "-k",

@@ -50,8 +50,10 @@ def credentials(env=os.environ) -> dict | None:
     return None
 
 
-def dataset_exists(dataset_id: str, run) -> bool:
-    return run(["kaggle", "datasets", "status", dataset_id], check=False).returncode == 0
+def dataset_exists(dataset_id: str, run, announce=print) -> bool:
+    command = ["kaggle", "datasets", "status", dataset_id]
+    announce("$ " + " ".join(command) + "   # exists already? then a new version, else create")
+    return run(command, check=False).returncode == 0
 
 
 def commands(package: Package, settings: dict, exists: Callable[[str], bool]) -> list[list[str]]:
@@ -89,7 +91,7 @@ def push(settings: dict, run=subprocess.run, env=os.environ, announce=print) -> 
     if run is subprocess.run and shutil.which("kaggle") is None:
         raise PushError("the kaggle command is not installed: pip install kaggle")
     done = []
-    for command in commands(package, settings, lambda dataset_id: dataset_exists(dataset_id, run)):
+    for command in commands(package, settings, lambda dataset_id: dataset_exists(dataset_id, run, announce)):
         announce("$ " + " ".join(command))
         result = run(command, check=False)
         done.append(command)
