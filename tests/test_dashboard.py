@@ -2,12 +2,10 @@
 panels read is one the training loop logs, found by running the loop's own logging code (history_row,
 WandbRun.log_epoch and finish, the task's figures), so a renamed or dropped metric fails here."""
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
-import pytest
 import yaml
 
 from src import TARGETS

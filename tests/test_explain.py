@@ -11,7 +11,7 @@ import torch
 
 from fake_training_data import install_folds, make_tiny_dataset, overrides
 from infer_helpers import MODELS, neck_volume, run_infer, save_untrained_run, write_study, write_test_csv
-from src import TARGETS, VERTEBRAE
+from src import TARGETS
 from src.config import load_config
 from src.models.registry import build_model
 from src.tasks.explanation import fractured_studies, worst_studies

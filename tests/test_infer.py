@@ -166,7 +166,7 @@ def test_a_reading_process_that_dies_costs_only_its_study(data_dir, runs_dir, tm
             os._exit(11)
         return read(study_dir, *args, **kwargs)
 
-    reference = run_infer(data_dir, runs_dir, tmp_path / "reference.csv", "members=[cnn3d]", "workers=0")
+    run_infer(data_dir, runs_dir, tmp_path / "reference.csv", "members=[cnn3d]", "workers=0")
     monkeypatch.setattr(studies, "read_test_study", crash_on_one)
     result = run_infer(data_dir, runs_dir, tmp_path / "s.csv", "members=[cnn3d]", "workers=2")
     log = result["log"]

@@ -21,9 +21,10 @@ LAYERS = [
     ("stages", ["src/localisation/build.py", "src/folds.py", "src/ensembling/"]),
     ("inference", ["src/inference/"]),
     ("reporting", ["src/reporting/"]),
+    ("packaging", ["src/packaging/"]),
     ("commands", ["src/train.py", "src/prepare.py", "src/localise.py", "src/ensemble.py", "src/report.py",
                   "src/score.py", "src/synthesise.py", "src/synthetic_figure.py", "src/explain.py", "src/dashboard.py",
-                  "infer.py"]),
+                  "src/kaggle.py", "infer.py"]),
 ]
 
 

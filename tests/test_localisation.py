@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from src import VERTEBRAE
-from src.localisation.extents import Extent, fill_missing, find_extents, main_run
+from src.localisation.extents import fill_missing, find_extents, main_run
 from src.localisation.metrics import dice_per_vertebra, range_iou, slice_range_iou, true_slice_ranges
 from src.localisation.resample import probs_to_labels, resample_mask
 from src.localisation.table import COLUMNS, read_table, study_rows

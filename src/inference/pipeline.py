@@ -204,7 +204,8 @@ def study_folders(image_root: Path, announce) -> set[str]:
 
 
 def run_inference(cfg: dict, announce=print) -> dict:
-    """Write the submission; return {path, submission, log, summary, predictions, n_studies, seconds, timings}.
+    """Write the submission; return {path, submission, log, summary, predictions, n_studies, seconds, load_seconds,
+    timings}.
 
     Called by infer.py. ``predictions`` maps each study of test.csv to the eight values its rows got.
     """
@@ -231,6 +232,7 @@ def run_inference(cfg: dict, announce=print) -> dict:
     predictor = load_predictor(cfg, announce, log)
     if cfg.get("explain"):
         predictor.explainer = TestExplainer(_abs(cfg["output"]).parent / "explanations")
+    loaded = time.perf_counter() - started  # settings, test.csv and the models: the run's fixed cost
     announce(f"[data] {len(uids)} studies ({len(test)} rows) in {data_dir / 'test.csv'}; prior: {prior_source}")
 
     predictions: dict[str, np.ndarray] = {uid: prior for uid in uids}
@@ -274,6 +276,7 @@ def run_inference(cfg: dict, announce=print) -> dict:
     summary = log.summary(len(uids), prior_source)
     announce(summary)
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in predictor.timings.items())
-    announce(f"[done] {path}: {len(submission)} rows for {len(uids)} studies in {seconds:.1f} s ({stages})")
+    announce(f"[done] {path}: {len(submission)} rows for {len(uids)} studies in {seconds:.1f} s, {loaded:.1f} s of "
+             f"it before the first study ({stages})")
     return {"path": path, "submission": submission, "log": log, "summary": summary, "predictions": predictions,
-            "n_studies": len(uids), "seconds": seconds, "timings": dict(predictor.timings)}
+            "n_studies": len(uids), "seconds": seconds, "load_seconds": loaded, "timings": dict(predictor.timings)}

@@ -9,7 +9,6 @@ against a background that is >95% of the voxels, cross-entropy for stable early 
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..localisation import task as _task  # noqa: F401  registers the "localise" task with src.tasks

@@ -16,7 +16,6 @@ is what marks a finished dataset for src.paths.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor

@@ -37,7 +37,6 @@ def write_page(entries: list[dict], path: Path, title: str) -> Path:
     head = "".join(f"<th>{t}</th>" for t in TARGETS)
     rows = []
     for e in entries:
-        link = html.escape(os.path.relpath(e["png"], path.parent))
         labels = e["labels"] or [None] * len(TARGETS)
         loss = "" if e["loss"] is None else f"{e['loss']:.3f}"
         rows.append(
