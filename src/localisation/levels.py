@@ -189,19 +189,29 @@ def components(labels: np.ndarray, min_prominence: float = 0.25) -> list[tuple[i
     dips, _ = find_peaks(-np.concatenate([[0.0], part, [0.0]]), prominence=min_prominence * part.max())
     cuts = [d - 1 for d in dips if 1 <= d - 1 <= len(part) - 2]
     edges = [lo] + [lo + c for c in cuts] + [hi + 1]
-    return [(a, b - 1) for a, b in zip(edges, edges[1:]) if b - 1 >= a]
+    pieces = []
+    for a, b in zip(edges, edges[1:]):  # each piece without the empty disc slices at its ends
+        filled = np.flatnonzero(profile[a:b] > 0)
+        if len(filled):
+            pieces.append((a + int(filled[0]), a + int(filled[-1])))
+    return pieces
 
 
 def repair_levels(labels: np.ndarray, ranges: dict[str, tuple[int, int]], spacing: float,
                   learned: LevelRanges) -> tuple[dict[str, tuple[int, int]], LevelCheck] | None:
-    """Levels re-assigned from the components of the predicted labels: the first component is the C1/C2
-    complex (no disc between them; C1 keeps its predicted range inside it, C2 the rest), the next five
-    are C3..C7. None when the labels do not show that many components or the result fails the checks."""
+    """Levels re-assigned from the components of the predicted labels: the top of the run is the C1/C2
+    complex (no disc between the two; a piece too short for C2, such as C1's ring above the dens, is joined
+    to the next one), then one component each for C3..C7, and anything below (a T1 taken for C7) is left
+    out. C1 keeps its predicted range inside the complex, C2 the rest. None when the labels do not show
+    enough components or the result fails the checks."""
     pieces = components(labels)
+    shortest_c2 = learned.bounds.get("height_C2", (0.0, 0.0))[0] - learned.tolerance.get("height_C2", 1.0) * spacing
+    while len(pieces) > 1 and (pieces[0][1] - pieces[0][0] + 1) * spacing < shortest_c2:
+        pieces = [(pieces[0][0], pieces[1][1])] + pieces[2:]
     if len(pieces) < 6:
         return None
     top, rest = pieces[0], pieces[1:6]
-    c1_lo = max(top[0], min(ranges["C1"][0], top[1]))
+    c1_lo = min(max(ranges["C1"][0], top[0]), top[1])
     c1_hi = min(max(ranges["C1"][1], c1_lo), top[1])
     repaired = {"C1": (c1_lo, c1_hi), "C2": (min(max(ranges["C2"][0], top[0]), top[1]), top[1])}
     repaired.update({v: piece for v, piece in zip(VERTEBRAE[2:], rest)})
