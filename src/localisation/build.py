@@ -26,8 +26,8 @@ from ..paths import localisation_path
 from ..runs import is_finished, old_name_hint, run_dir
 from ..training.run_folder import RunFolderError
 from . import LOCALISER_EXPERIMENT, LOCALISER_MODEL
-from .extents import Extent, extents_for, min_voxels
-from .levels import RANGES_FILE, index_ranges, judge_extents, learn_ranges, mask_ranges, with_level_columns
+from .extents import extents_for, min_voxels
+from .levels import RANGES_FILE, check_levels, index_ranges, judge_extents, learn_ranges, mask_ranges, with_level_columns
 from .metrics import nanmean
 from .predict import load_localisers, segment_study
 from .table import study_rows
@@ -164,9 +164,7 @@ def check_table(cfg, cache_dir: Path, table: pd.DataFrame, truths: dict, studies
     parts, flagged, repaired = [], 0, 0
     for uid, rows in by_uid.items():
         split, spacing, numbers = studies[uid]
-        extents = {r.vertebra: Extent(*(int(i) for i in _indices(r, numbers)), confidence=float(r.confidence),
-                                      estimated=bool(r.estimated)) for r in rows.itertuples(index=False)}
-        _, check = judge_extents(None, extents, spacing, learned)
+        check = check_levels(index_ranges(rows, numbers), spacing, learned)
         if check.flagged and repair:
             study = load_study(cache_dir, split, uid)
             chosen = [models[nearest_fold(int(fold_of[uid]), models)]] if uid in truths else list(models.values())
@@ -175,18 +173,12 @@ def check_table(cfg, cache_dir: Path, table: pd.DataFrame, truths: dict, studies
                                          spacing, learned, repair=True)
             if check.repaired:
                 rows = study_rows(uid, fixed, study.meta, labels.shape)
-        flagged += int(check.flagged)
+        flagged += int(check.flagged or check.repaired)  # failed the checks, before any repair
         repaired += int(check.repaired)
         parts.append(with_level_columns(rows, check))
     announce(f"[levels] ranges from {learned.n_studies} segmented studies -> {ranges_path}; {flagged} of {len(by_uid)} "
              f"studies fail the level checks{f', {repaired} repaired' if repair else ' (localiser.repair_levels=false: flagged only)'}")
     return pd.concat(parts, ignore_index=True), {"level_flagged": flagged, "level_repaired": repaired}
-
-
-def _indices(row, numbers) -> tuple[int, int, int, int, int, int]:
-    """A table row's slice range back as indices (volume order); its box is not needed by the checks."""
-    lo, hi = index_ranges(pd.DataFrame([row]), numbers)[row.vertebra]
-    return lo, hi, 0, 0, 0, 0
 
 
 # Keys of the calling experiment that the localiser must share: where the data, cache, folds, runs and

@@ -36,7 +36,6 @@ import pandas as pd
 from .. import VERTEBRAE
 from ..io_utils import atomic_write_json
 
-from .table import LEVEL_COLUMNS  # noqa: F401  (the columns this module fills)
 RANGES_FILE = "levels.json"  # in the localiser experiment's folder, beside fold0/ ... (src/runs.py layout)
 FLAG_BELOW = math.exp(-1.0)
 # A tolerance is TOLERANCE_SCALE x this quantile of the localiser's error on the segmented studies: on the
