@@ -136,3 +136,24 @@ def test_ranges_file_round_trip_and_a_bad_one_named(tmp_path, learned):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="bad.json"):
         LevelRanges.from_json(tmp_path / "bad.json")
+
+
+def test_inference_names_a_flagged_study_in_its_summary(tmp_path, learned):
+    from src.inference.fallbacks import FallbackLog
+    from src.inference.localiser import _level_ranges
+    from src.inference.pipeline import record_levels
+
+    labels = cervical(toy_spine(np.random.default_rng(7)))
+    meta = {"slice_numbers": list(range(1, labels.shape[0] + 1)), "original_shape": [8, 8]}
+    log = FallbackLog()
+    for uid, predicted in (("1.1", labels), ("1.2", relabel(toy_spine(np.random.default_rng(7)), SWAP))):
+        extents = extents_for(predicted, None, 1)
+        _, check = judge_extents(predicted, extents, SPACING, learned)
+        record_levels(log, uid, with_level_columns(study_rows(uid, extents, meta, predicted.shape), check))
+    assert log.uids("levels") == ["1.2"]
+    assert "levels (kept): 1 studies" in log.summary(2, "prior") and "flagged, levels kept" in log.summary(2, "prior")
+    # the run's ranges travel with it: none there, no checks (said once); present, read back
+    notes = []
+    assert _level_ranges(tmp_path, {"localiser": {}}, notes.append) == (None, False) and "level checks off" in notes[0]
+    learned.to_json(tmp_path / "levels.json")
+    assert _level_ranges(tmp_path, {"localiser": {"repair_levels": True}}, notes.append) == (learned, True)
