@@ -13,9 +13,10 @@ from the segmented studies' masks (:func:`learn_ranges`), never from guessed con
 - ``order``   the centres run C1..C7 head to feet.
 
 A feature outside its learned range by more than its tolerance (from the localiser's error on that
-feature over the segmented studies, in slices of this study's spacing; carried through to a ratio) fails. ``level_confidence`` = exp(-worst excess in
-tolerances), 1 when every feature lies in its range and 0 when the order is broken; a study is
-``level_flag``ged when it is below exp(-1), i.e. when some feature is out by more than one tolerance.
+feature over the segmented studies, in slices of this study's spacing; carried through to a ratio)
+fails. ``level_confidence`` = exp(-worst excess in tolerances): 1 when every feature lies in its range,
+0 when the order is broken; a study is ``level_flag``ged below exp(-1), when some feature is out by
+more than one tolerance.
 
 :func:`repair_levels` re-assigns levels from the run of vertebra-shaped components in the predicted
 label volume (dips of the labelled voxels per slice are the discs) and is kept only when its result
@@ -49,8 +50,8 @@ TOLERANCE_SCALE = 2.0
 @dataclass
 class LevelRanges:
     """What the checks compare with: each feature's [low, high] over the segmented studies' masks, and
-    its tolerance in slices: the largest difference between the localiser's feature and the mask's on
-    those studies (feature name -> value; ratios carry their heights' tolerances instead)."""
+    its tolerance in slices, from the difference between the localiser's feature and the mask's on those
+    studies (:func:`learn_ranges`; feature name -> value; ratios carry their heights' tolerances instead)."""
 
     bounds: dict[str, tuple[float, float]]
     tolerance: dict[str, float]
