@@ -9,8 +9,10 @@
 2. The checks (src/localisation/levels.py) on every study of the localisation table: how many are flagged,
    and how many of those are real errors (some vertebra's slice-range IoU with the truth under 0.3).
 3. Repair: each flagged train study localised again (its labels) and repaired where the evidence allows;
-   real errors before and after; then the classifier's best.pt re-evaluated on its held-out fold with the
-   repaired table (src.training.evaluate.evaluate_checkpoint), beside its score with the table as it was.
+   real errors before and after. Then the issue's miscount made on purpose in the predicted labels of
+   held-out studies (C3 taken into C2, every later label one level up, T1 labelled C7): flagged, restored?
+   The classifier's best.pt is re-evaluated on its held-out fold (src.training.evaluate.evaluate_checkpoint)
+   with the table as it is, repaired, with those studies miscounted, and miscounted then repaired.
 4. Calibration: src.ensembling.calibration judged by nested CV on the run's out-of-fold rows.
 
 Prints one line per figure and writes ``--out`` (JSON) with all of them. Needs the demo data, its cache and
@@ -154,13 +156,15 @@ def injected(table: pd.DataFrame, metas: dict, learned) -> dict:
 def label_repair(uids, cache_dir: Path, data_dir: Path, models: dict, learned, cfg) -> dict:
     """The issue's miscount made in the localiser's own predicted labels of ``uids``: C3 taken into C2,
     C4..C7 labelled one level up, and the true T1 labelled C7. How many are flagged, how many the repair
-    restores (every vertebra's slice-range IoU with the truth at least IOU_ERROR) and their mean IoU."""
+    restores (every vertebra's slice-range IoU with the truth at least IOU_ERROR) and their mean IoU; and
+    those studies' table rows, miscounted and after the repair."""
     from src import VERTEBRAE
     from src.data.cache import load_study
     from src.localisation.extents import extents_for, min_voxels
     from src.localisation.levels import judge_extents
     from src.localisation.metrics import range_iou, true_slice_ranges
     from src.localisation.predict import segment_study
+    from src.localisation.table import study_rows
     from src.synth.generate import plan_dataset
     from src.synth.study import make_study
 
@@ -169,7 +173,7 @@ def label_repair(uids, cache_dir: Path, data_dir: Path, models: dict, learned, c
     tasks = {t["uid"]: t for t in plan_dataset(summary["n_train"], summary["n_test"], summary["size"], summary["seed"],
                                                n_seg / max(summary["n_train"], 1), False)[0]}
     flagged = restored = 0
-    before, after = [], []
+    before, after, wrong_rows, fixed_rows = [], [], [], []
     for uid in uids:
         task = tasks[uid]
         true_labels = make_study(uid, task["seed"], size=task["size"], fractured=task["fractured"],
@@ -185,12 +189,15 @@ def label_repair(uids, cache_dir: Path, data_dir: Path, models: dict, learned, c
         fixed, check = judge_extents(wrong, extents, float(study.meta["slice_spacing"]), learned, repair=True)
         iou_before = min(range_iou(extents[v].slice_range, truth[v]) for v in VERTEBRAE)
         iou_after = min(range_iou(fixed[v].slice_range, truth[v]) for v in VERTEBRAE)
+        wrong_rows.append(study_rows(uid, extents, study.meta, wrong.shape))
+        fixed_rows.append(study_rows(uid, fixed, study.meta, wrong.shape))
         flagged += int(check.flagged or check.repaired)
         restored += int(check.repaired and iou_after >= IOU_ERROR)
         before.append(iou_before)
         after.append(iou_after)
-    return {"studies": len(uids), "flagged": flagged, "restored": restored,
-            "min_iou_before": float(np.mean(before)), "min_iou_after": float(np.mean(after))}
+    figures = {"studies": len(uids), "flagged": flagged, "restored": restored,
+               "min_iou_before": float(np.mean(before)), "min_iou_after": float(np.mean(after))}
+    return figures, pd.concat(wrong_rows, ignore_index=True), pd.concat(fixed_rows, ignore_index=True)
 
 
 def held_out_score(cfg, table_path: Path) -> float:
@@ -234,6 +241,7 @@ def main() -> None:
     from demo_inputs import synthetic_inputs
     from src.data.folds import ensure_folds
     from src.localisation.levels import LevelRanges, RANGES_FILE
+    from src.localisation.table import COLUMNS
 
     cfg, data_dir, cache_dir, table = synthetic_inputs(args.overrides, "only a synthetic study's truth is known")
     out = Path(args.out)
@@ -276,7 +284,8 @@ def main() -> None:
     for kind, v in fig["injected"].items():
         print(f"[injected] {kind:<7} flagged {100 * v['flagged']:.1f}%  median level confidence {v['median_confidence']:.2f}")
     held = [u for u in folds.loc[folds["fold"] == cfg["fold"], "StudyInstanceUID"] if u in metas]
-    fig["label_repair"] = label_repair(held[:args.label_studies], cache_dir, data_dir, models, learned, loc_cfg)
+    fig["label_repair"], wrong_rows, fixed_rows = label_repair(held[:args.label_studies], cache_dir, data_dir, models,
+                                                               learned, loc_cfg)
     lr = fig["label_repair"]
     print(f"[label repair] the miscount in the predicted labels of {lr['studies']} studies: {lr['flagged']} flagged, "
           f"{lr['restored']} restored; mean min IoU {lr['min_iou_before']:.3f} -> {lr['min_iou_after']:.3f}")
@@ -291,6 +300,14 @@ def main() -> None:
                                           else fig["held_out_score"])
         print(f"[score] fold {cfg['fold']} held out: {fig['held_out_score']:.4f} with the table, "
               f"{fig['held_out_score_repaired']:.4f} repaired ({len(changed)} of its studies changed)")
+        # the same fold with the miscount made in the labels of the first --label-studies studies, then repaired
+        base = flagged[~flagged["StudyInstanceUID"].isin(set(wrong_rows["StudyInstanceUID"]))][COLUMNS]
+        for name, rows in (("miscounted", wrong_rows), ("miscounted_repaired", fixed_rows)):
+            path = tables / f"localisation_{name}.csv"
+            pd.concat([base, rows], ignore_index=True).to_csv(path, index=False)
+            fig[f"held_out_score_{name}"] = held_out_score(cfg, path)
+        print(f"[score] with {len(wrong_rows) // 7} of those studies miscounted: {fig['held_out_score_miscounted']:.4f}; "
+              f"after repair {fig['held_out_score_miscounted_repaired']:.4f}")
     fig["calibration"] = calibration_figures(cfg, data_dir)
     cal = fig["calibration"]
     print(f"[calibration] nested CV on {cal['studies']} oof studies ({cal['folds']} groups): "
