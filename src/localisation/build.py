@@ -157,8 +157,12 @@ def check_table(cfg, cache_dir: Path, table: pd.DataFrame, truths: dict, studies
         announce("[levels] no segmented study: the level checks are left out")
         return table, {}
     uids = list(truths)
-    learned = learn_ranges([(truths[u], studies[u][1]) for u in uids],
-                           [index_ranges(by_uid[u], studies[u][2]) for u in uids])
+    try:
+        learned = learn_ranges([(truths[u], studies[u][1]) for u in uids],
+                               [index_ranges(by_uid[u], studies[u][2]) for u in uids])
+    except ValueError as err:
+        announce(f"[levels] the level checks are left out: {err}")
+        return table, {}
     ranges_path = learned.to_json(run_dir(cfg, fold=0).parent / RANGES_FILE)
     repair = bool(cfg["localiser"]["repair_levels"])
     parts, flagged, repaired = [], 0, 0
