@@ -250,7 +250,3 @@ def judge_extents(labels: np.ndarray | None, extents: dict, spacing: float, lear
             return repaired_extents(labels, fixed[0], extents), fixed[1]
     return extents, check
 
-
-def experiment_ranges_path(run_folder_parent: Path) -> Path:
-    """Where a localiser experiment keeps its level ranges: ``runs/<localiser>/levels.json``."""
-    return Path(run_folder_parent) / RANGES_FILE
