@@ -10,7 +10,7 @@ import pytest
 from src import TARGETS
 from src.metric import competition_score
 from src.reporting.markdown import worst_section
-from src.reporting.worst import cell_losses, worst_studies
+from src.reporting.worst import cell_losses, level_counts, worst_studies
 
 
 def constructed_oof():
@@ -52,3 +52,9 @@ def test_without_a_table_the_flags_are_unknown_and_the_report_says_so():
     text = worst_section(SimpleNamespace(worst={"effnet_gru": worst}))
     assert "### effnet_gru" in text and "| b |" in text and text.count("\n| ") == 4  # header + 3 studies
     assert set(TARGETS) >= {c.split(" (")[0] for c in worst["costly"].iloc[0].split("; ")}
+
+
+def test_the_tables_flags_are_counted_once_per_study():
+    levels = pd.DataFrame({"StudyInstanceUID": ["a"] * 7 + ["b"] * 7 + ["c"] * 7,
+                           "level_flag": [True] * 7 + [False] * 14, "level_repaired": [False] * 14 + [True] * 7})
+    assert level_counts(levels) == "2 of 3 studies of the localisation table fail the level checks, 1 of them repaired"

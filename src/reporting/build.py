@@ -15,7 +15,7 @@ from .. import TARGETS
 from .oof import labelled_oof, oof_cv
 from .runs import EnsembleCV, FoldRun, find_ensemble_cv, find_runs
 from .tables import classifier_leaderboard, fold_matrix, localiser_table, uneven_folds, unfinished
-from .worst import run_levels, worst_studies
+from .worst import level_counts, run_levels, worst_studies
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Report:
     unfinished: list[FoldRun]
     notes: list[str] = field(default_factory=list)
     worst: dict[str, pd.DataFrame] = field(default_factory=dict)  # experiment -> its worst held-out studies
+    level_summary: str = ""  # how many studies of the localisation table fail the level checks
     figures: dict[str, Path] = field(default_factory=dict)  # title -> PNG path, filled by the caller
 
 
@@ -43,7 +44,7 @@ def build_report(runs_dir: Path, truth: Path | None = None) -> Report:
     runs = find_runs(runs_dir)
     table = classifier_leaderboard(runs)
     labels_cache: dict = {}
-    scored, worst, notes = [], {}, []
+    scored, worst, notes, level_summary = [], {}, [], ""
     for experiment in table["experiment"]:
         group = [r for r in runs if r.experiment == experiment and r.finished and r.task == "classify"]
         scored.append(oof_cv(group, truth, labels_cache))
@@ -52,6 +53,8 @@ def build_report(runs_dir: Path, truth: Path | None = None) -> Report:
             levels, why = run_levels(group[0].config)
             if why:
                 notes.append(f"{experiment}: worst studies without level flags: {why}")
+            elif not level_summary:
+                level_summary = level_counts(levels)
             worst[experiment] = worst_studies(oof["StudyInstanceUID"].to_numpy(), labels,
                                               oof[list(TARGETS)].to_numpy(float), levels=levels)
     table["oof_cv"] = [s.score for s in scored]
@@ -72,4 +75,5 @@ def build_report(runs_dir: Path, truth: Path | None = None) -> Report:
         unfinished=unfinished(runs),
         notes=notes,
         worst=worst,
+        level_summary=level_summary,
     )

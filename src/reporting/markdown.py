@@ -108,6 +108,8 @@ def worst_section(report: Report) -> str:
              "oof CV); share: of the sum over all its studies; costly targets: label, prediction and the "
              "target's part of the loss; levels: whether the localisation failed the level checks "
              "(src/localisation/levels.py), with its level confidence."]
+    if getattr(report, "level_summary", ""):
+        parts.append(report.level_summary + ".")
     for experiment, worst in report.worst.items():
         rows = []
         for r in worst.itertuples(index=False):

@@ -74,3 +74,11 @@ def run_levels(config: dict) -> tuple[pd.DataFrame | None, str]:
     if "level_flag" not in table.columns:
         return None, f"{path} has no level columns (rebuild it with `python -m src.localise`)"
     return table, ""
+
+
+def level_counts(levels: pd.DataFrame) -> str:
+    """One line on a localisation table's level columns: studies that fail the checks, repaired ones."""
+    studies = levels.drop_duplicates("StudyInstanceUID")
+    repaired = int(studies["level_repaired"].sum()) if "level_repaired" in studies else 0
+    return (f"{int(studies['level_flag'].sum() + repaired)} of {len(studies)} studies of the localisation table "
+            f"fail the level checks" + (f", {repaired} of them repaired" if repaired else ""))
