@@ -100,6 +100,20 @@ def miscount(ranges: dict, kind: str) -> dict:
 MISCOUNTS = ("merge", "skip", "shift", "swap")
 
 
+def masks_agree(truth: pd.DataFrame, cache_dir: Path, metas: dict) -> tuple[int, int]:
+    """(segmented studies whose cached mask gives exactly the rendered truth's ranges, segmented studies)."""
+    from src.data.cache import load_study
+    from src.localisation.levels import mask_ranges
+
+    segmented = [uid for uid, m in metas.items() if m.get("has_mask")]
+    agree = 0
+    for uid in segmented:
+        rows = truth[truth["StudyInstanceUID"] == uid]
+        rendered = {r.vertebra: (int(r.lo), int(r.hi)) for r in rows.itertuples()}
+        agree += int(mask_ranges(load_study(cache_dir, "train_images", uid).mask) == rendered)
+    return agree, len(segmented)
+
+
 def min_ious(table: pd.DataFrame, truth: pd.DataFrame, metas: dict) -> pd.Series:
     """Each study's lowest slice-range IoU over C1..C7 between ``table`` and the truth."""
     from src import VERTEBRAE
@@ -254,6 +268,8 @@ def main() -> None:
         truth.to_csv(truth_path, index=False)
     metas = {uid: json.loads((cache_dir / "train_images" / uid / "meta.json").read_text())
              for uid in table["StudyInstanceUID"].unique()}
+    agree, segmented = masks_agree(truth, cache_dir, metas)
+    print(f"[truth] rendered again from the seeds; it matches the masks of {agree} of {segmented} segmented studies")
     folds = ensure_folds(cfg, data_dir)
     fold_of = dict(zip(folds["StudyInstanceUID"], folds["fold"]))
     flagged, repaired, models, loc_cfg = checked_tables(cfg, cache_dir, table, metas, fold_of)
@@ -264,7 +280,7 @@ def main() -> None:
     study_flags = flagged.drop_duplicates("StudyInstanceUID").set_index("StudyInstanceUID")
     wrong = iou < IOU_ERROR
     conf = study_flags["level_confidence"]
-    fig = {"studies": int(len(iou)), "flagged": int(study_flags["level_flag"].sum()),
+    fig = {"studies": int(len(iou)), "truth_matches_masks": [agree, segmented], "flagged": int(study_flags["level_flag"].sum()),
            "real_errors": int(wrong.sum()),
            "flagged_and_wrong": int((study_flags["level_flag"] & wrong.reindex(study_flags.index)).sum()),
            "median_level_confidence": float(conf.median()),
