@@ -3,8 +3,9 @@
 Reads every fold's ``oof.csv`` of each run (src/ensembling/oof.py), keeps the studies all of them
 predicted, and reports each member's CV beside the ensemble's NESTED CV (weights fitted on the other
 folds, scored on the held-out one) for combination in probability and in logit space
-(src/ensembling/fit.py). Writes ``<runs_dir>/ensemble.json`` (members, weights, combine, member_cv,
-nested_cv, ...), which ``python infer.py`` reads when its members are the same runs.
+(src/ensembling/fit.py), then a calibration of the result judged by the same nested CV (kept only if it
+helps; ``calibrate=false`` skips it). Writes ``<runs_dir>/ensemble.json`` (members, weights, combine, member_cv,
+nested_cv, calibration, ...), which ``python infer.py`` reads when its members are the same runs.
 With no ``runs=``, the members of configs/infer.yaml are fitted.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ DEFAULTS = {
     "runs_dir": "runs",
     "truth": "",            # labels csv; empty -> train.csv of the data the first run was trained on
     "combine": "auto",      # auto (the better nested CV) | prob | logit
+    "calibrate": True,      # try calibrating the final probabilities; kept only if the nested CV improves
     "inner_folds": 5,       # stand-in groups when the oof rows come from a single fold
     "seed": 0,
     "output": "",           # empty -> <runs_dir>/ensemble.json
@@ -68,7 +70,7 @@ def main(argv: list[str]) -> dict:
         aligned = align_members(runs_dir, runs, pd.read_csv(truth))
     except RunNotFoundError as err:
         raise ConfigError(str(err)) from None
-    result = fit_ensemble(aligned, args["combine"], args["inner_folds"], args["seed"])
+    result = fit_ensemble(aligned, args["combine"], args["inner_folds"], args["seed"], bool(args["calibrate"]))
     result["truth"] = str(truth)
     output = _abs(args["output"]) if args["output"] else ensemble_path(runs_dir)
     atomic_write_json(output, result)

@@ -225,6 +225,23 @@ def test_weights_combine_and_tta(data_dir, runs_dir, tmp_path):
     assert not np.allclose(f0, a) and not np.allclose(f0, mirrored)  # two folds differ from one; the mirror counts
 
 
+def test_the_ensemble_files_calibration_is_applied_after_combining(data_dir, runs_dir, tmp_path):
+    import json
+
+    run_infer(data_dir, runs_dir, tmp_path / "plain.csv", "members=[cnn3d]", "limit_studies=2")
+    plain = read_submission(tmp_path / "plain.csv", data_dir).loc[GOOD].to_numpy()
+    for name, calibration in (("floor", {"method": "floor", "params": {"floor": 0.3}}),
+                              ("temperature", {"method": "temperature", "params": {"temperature": [2.0] * 8}})):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"members": ["cnn3d"], "weights": [1.0], "combine": "prob",
+                                    "calibration": {**calibration, "kept": True}}))
+        run_infer(data_dir, runs_dir, tmp_path / f"{name}.csv", "members=[cnn3d]", "limit_studies=2", f"ensemble={path}")
+        got = read_submission(tmp_path / f"{name}.csv", data_dir).loc[GOOD].to_numpy()
+        want = (np.clip(plain, 0.3, 0.7) if name == "floor"
+                else 1 / (1 + np.exp(-np.log(plain / (1 - plain)) / 2.0)))
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 def test_missing_runs_and_bad_settings_are_clear_errors(data_dir, runs_dir, tmp_path):
     with pytest.raises(ConfigError, match="run 'cnn3dd'.*cnn3d \\(folds 0, 1\\).*effnet_gru \\(folds 0\\)"):
         run_infer(data_dir, runs_dir, tmp_path / "x.csv", "members=[cnn3dd]")

@@ -18,7 +18,7 @@ from src import VERTEBRAE
 from src.localisation.extents import fill_missing, find_extents, main_run
 from src.localisation.metrics import dice_per_vertebra, range_iou, slice_range_iou, true_slice_ranges
 from src.localisation.resample import probs_to_labels, resample_mask
-from src.localisation.table import COLUMNS, read_table, study_rows
+from src.localisation.table import COLUMNS, LEVEL_COLUMNS, read_table, study_rows
 
 # (first slice, last slice) of C1..C7 in a 40-slice hand-made study, head first
 BANDS = [(4, 7), (8, 12), (13, 16), (17, 20), (21, 24), (25, 28), (29, 32)]
@@ -231,6 +231,10 @@ def test_localiser_trains_through_the_loop_and_writes_the_table(tmp_path):
     assert len(table) == 7 * len(tiny["uids"]) and set(table["StudyInstanceUID"]) == set(tiny["uids"])
     assert any("trained on them" in m for m in messages)  # folds 2..4 untrained: said, not hidden
     assert table["slice_min"].between(1, 14).all() and (table["slice_max"] >= table["slice_min"]).all()
+    # the level checks: columns on every row, their ranges written beside the localiser's folds for inference
+    assert list(table.columns) == COLUMNS + LEVEL_COLUMNS and table["level_confidence"].between(0, 1).all()
+    assert (run_dir(cfg, fold=0).parent / "levels.json").exists()
+    assert any(m.startswith("[levels]") and "fail the level checks" in m for m in messages)
     assert ensure_localisation(cfg, data_dir, cache_dir, announce=messages.append) == path
     assert "present" in messages[-1]
 

@@ -8,19 +8,22 @@ rows (src/ensembling/oof.py). For each combine space (prob, logit):
 - ``in_sample``   weights fitted and scored on all rows: always at least as good, and optimistic.
 - ``weights``     fitted on all rows: what inference uses.
 
-The space with the better nested CV is chosen unless one is asked for. With oof rows from a single fold
+The space with the better nested CV is chosen unless one is asked for. Then calibration of the combined
+probabilities (src/ensembling/calibration.py) is judged by the same nested CV and kept only if it helps. With oof rows from a single fold
 (one fold trained), the nested CV uses ``inner_folds`` random groups of those studies instead, and says so.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .calibration import judge_calibration
 from .oof import AlignedOof
 from .weights import COMBINE_SPACES, combine, fit_weights, nested_cv, per_fold_score, split_groups
 from ..metric import competition_score
 
 
-def fit_ensemble(aligned: AlignedOof, combine_space: str = "auto", inner_folds: int = 5, seed: int = 0) -> dict:
+def fit_ensemble(aligned: AlignedOof, combine_space: str = "auto", inner_folds: int = 5, seed: int = 0,
+                 calibrate: bool = True) -> dict:
     folds = aligned.folds
     notes = list(aligned.notes)
     if len(np.unique(folds)) < 2:
@@ -43,10 +46,13 @@ def fit_ensemble(aligned: AlignedOof, combine_space: str = "auto", inner_folds: 
         chosen = combine_space
     else:
         raise ValueError(f"combine must be auto, prob or logit, got {combine_space!r}")
+    calibration = (judge_calibration(aligned.labels, aligned.probs, folds, chosen, spaces[chosen]["weights"])
+                   if calibrate else {"method": "none", "params": {}, "kept": False})
     return {
         "members": list(aligned.members),
         "weights": spaces[chosen]["weights"],
         "combine": chosen,
+        "calibration": calibration,
         "member_cv": member_cv,
         "nested_cv": {"score": spaces[chosen]["nested_cv"], **{s: spaces[s]["nested_cv"] for s in COMBINE_SPACES}},
         "spaces": spaces,
@@ -69,6 +75,11 @@ def format_report(result: dict) -> str:
         mark = "  <- chosen" if space == result["combine"] else ""
         lines.append(f"  ensemble ({space:<5})  nested CV {s['nested_cv']:.4f}   in-sample {s['in_sample']:.4f}"
                      f" (optimistic){mark}")
+    cal = result.get("calibration") or {}
+    if "nested_cv" in cal:
+        tried = "   ".join(f"{m} {v:.4f}" for m, v in cal["nested_cv"].items())
+        lines.append(f"  calibration, nested CV: {tried}   -> {cal['method']}"
+                     f"{' ' + str(cal['params']) if cal['kept'] else ' (none beats no calibration)'}")
     for note in result["notes"]:
         lines.append(f"  note: {note}")
     best_member = min(result["member_cv"].values())

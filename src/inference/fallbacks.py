@@ -12,6 +12,7 @@ studies
 - ``unreadable``   the folder has no (or too few) readable slices             -> prior
 - ``slices``       some slices were corrupt and skipped; the rest were used   -> prediction as usual
 - ``localiser``    localisation failed; vertebra crops from an even split      -> prediction as usual
+- ``levels``       the localisation failed the level checks (flagged or repaired) -> prediction as usual
 - ``member``       one member failed on the study; the others predicted        -> remaining members
 - ``all_members``  every member failed                                         -> prior
 - ``not_requested`` beyond limit_studies                                       -> prior
@@ -39,6 +40,7 @@ KINDS = {
     "unreadable": ("studies", "prior"),
     "slices": ("studies", "kept"),
     "localiser": ("studies", "kept"),
+    "levels": ("studies", "kept"),
     "member": ("studies", "kept"),
     "all_members": ("studies", "prior"),
     "not_requested": ("studies", "prior"),

@@ -4,7 +4,9 @@ Called by the inference pipeline when a member classifies vertebra crops. The mo
 step are src/localisation/predict.py's (``load_localisers``, ``localise_volume``), the same code that
 built the training table, fed the study at the localiser's own cache size. ``localisation_table=``
 (a CSV in the format of docs/data.md#the-localisation-table) takes a study's rows from that file instead when it has all seven, which
-is how a parity check reproduces the table the classifier was validated on.
+is how a parity check reproduces the table the classifier was validated on. With the run's level ranges
+(``runs/<run>/levels.json``, written with the table) each study's rows carry the level columns
+(src/localisation/levels.py), and the pipeline records a failing study as ``levels``.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ class Localiser:
     cfg: dict           # the first fold's config: min_voxel_fraction and the cache size
     table: pd.DataFrame | None = None
     left_out: list = field(default_factory=list)  # (fold, why) for folds whose best.pt could not load
+    levels: object = None  # the run's LevelRanges (runs/<run>/levels.json), None: rows are not checked
+    repair: bool = False   # the run's localiser.repair_levels
 
     @property
     def size(self) -> int:
@@ -45,7 +49,8 @@ class Localiser:
         if not self.models:
             raise RuntimeError(f"no localiser models (run '{self.run}') and no table rows for {uid}")
         volume, meta = volumes[self.size]
-        rows = localise_volume(self.models, volume, meta, self.cfg, study_uid=uid)
+        rows = localise_volume(self.models, volume, meta, self.cfg, study_uid=uid, levels=self.levels,
+                               repair=self.repair)
         rows["StudyInstanceUID"] = uid
         return rows
 
@@ -81,9 +86,26 @@ def load_localiser(runs_dir: Path, run: str, device, table_path: str | None = No
         announce(f"[localiser] {run}: no fold could load; vertebra crops come from "
                  f"{'the table, else ' if table is not None else ''}an even split of each study")
         return Localiser(run, [], {"prepare": {"size": 0}}, table, left_out)
+    levels, repair = _level_ranges(Path(runs_dir) / run, cfg, announce)
     announce(f"[localiser] {run}: folds {[f for f in folds if f not in dict(left_out)]}, grid "
              f"{cfg['localiser']['shape']}, cache size {cfg['prepare']['size']}")
-    return Localiser(run, models, cfg, table, left_out)
+    return Localiser(run, models, cfg, table, left_out, levels, repair)
+
+
+def _level_ranges(experiment_dir: Path, cfg, announce):
+    """The run's level ranges and repair setting; (None, False) with a note when it has none (a run from
+    before the level checks, or a table never built): the studies are then not checked."""
+    from ..localisation.levels import RANGES_FILE, LevelRanges
+
+    path = experiment_dir / RANGES_FILE
+    if not path.exists():
+        announce(f"[localiser] no {path}: level checks off (`python -m src.localise` writes it)")
+        return None, False
+    try:
+        return LevelRanges.from_json(path), bool(cfg["localiser"].get("repair_levels", False))
+    except ValueError as err:
+        announce(f"[localiser] level checks off: {one_line(err)}")
+        return None, False
 
 
 def _read_table(table_path: str) -> pd.DataFrame:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ConfigError
+from ..ensembling.calibration import apply_calibration
 from ..ensembling.weights import combine as combine_members
 from ..paths import InvalidUID, _abs, check_uid
 from ..training.device import autocast_for, pick_device
@@ -35,7 +36,7 @@ from .localiser import Localiser, load_localiser
 from .members import Member, MemberLoadError, finite_probs, load_member
 from .memory import keep_freed_memory
 from .prior import label_prior
-from .settings import resolve_members, resolve_test_data
+from .settings import resolve_calibration, resolve_members, resolve_test_data
 from .studies import ReadPlan, ReadStudy, StudyReader, read_study
 from .test_csv import build_submission, read_test_rows, study_order, write_submission
 
@@ -53,6 +54,7 @@ class Predictor:
     min_slices: int = 10
     workers: int = 2   # reading processes ahead of the models; 0 = read in this process
     explainer: TestExplainer | None = None  # explain=true: a picture per study (src/inference/explanations.py)
+    calibration: dict | None = None  # ensemble.json's kept calibration (src/ensembling/calibration.py)
     timings: dict = field(default_factory=lambda: defaultdict(float))  # seconds per stage, all studies
 
     @property
@@ -100,6 +102,7 @@ class Predictor:
             start = time.perf_counter()
             try:
                 localisation = self.localiser.rows_for(uid, study.volumes)
+                record_levels(log, uid, localisation)
             except Exception as err:
                 log.add("localiser", uid, f"{one_line(err)}; vertebrae placed by an even split")
             self.timings["localise"] += time.perf_counter() - start
@@ -131,7 +134,8 @@ class Predictor:
         if not probs:
             log.add("all_members", uid, "no member could predict it")
             return None
-        return combine_members(np.stack(probs)[:, None, :], weights, self.combine)[0]
+        return apply_calibration(combine_members(np.stack(probs)[:, None, :], weights, self.combine)[0],
+                                 self.calibration)
 
 
 def load_predictor(cfg: dict, announce=print, log: FallbackLog | None = None) -> Predictor:
@@ -159,8 +163,11 @@ def load_predictor(cfg: dict, announce=print, log: FallbackLog | None = None) ->
     if any(m.needs_localisation for m in members):
         localiser = load_localiser(runs_dir, cfg["localiser"], device, cfg.get("localisation_table"), announce)
         record_left_out(log, localiser.run, localiser.left_out, whole=not localiser.models)
+    calibration = resolve_calibration(cfg)
+    if calibration is not None:
+        announce(f"[ensemble] calibration from the ensemble file: {calibration['method']} {calibration['params']}")
     return Predictor(members, combine, localiser, device, autocast_for(cfg, device), bool(cfg["tta"]),
-                     int(cfg["min_slices"]), int(cfg["workers"]))
+                     int(cfg["min_slices"]), int(cfg["workers"]), calibration=calibration)
 
 
 def load_members(specs, runs_dir: Path, device, announce, log: FallbackLog) -> list[Member]:
@@ -183,6 +190,16 @@ def load_members(specs, runs_dir: Path, device, announce, log: FallbackLog) -> l
         raise ConfigError(f"no member could be loaded ({'; '.join(failures)}); re-train them, or list members= "
                           f"whose best.pt loads")
     return members
+
+
+def record_levels(log: FallbackLog, uid: str, rows) -> None:
+    """Name a study whose localisation failed the level checks (src/localisation/levels.py), or was repaired."""
+    if rows is None or "level_flag" not in rows.columns or not len(rows):
+        return
+    first = rows.iloc[0]
+    if bool(first["level_flag"]) or bool(first.get("level_repaired", False)):
+        verdict = "repaired" if bool(first.get("level_repaired", False)) else "flagged, levels kept"
+        log.add("levels", uid, f"level confidence {float(first['level_confidence']):.2f}: {verdict}")
 
 
 def record_left_out(log: FallbackLog, run: str, left_out: list[tuple[int, str]], whole: bool) -> None:

@@ -108,33 +108,36 @@ def read_ensemble_file(path: Path) -> dict:
         raise ConfigError(str(err)) from None
 
 
-def resolve_members(cfg: dict, announce=print) -> tuple[list[MemberSpec], str, str]:
-    """(members with their final weights, combine space, where the weights came from).
-
-    ``ensemble=auto`` takes ``<runs_dir>/ensemble.json`` when it names exactly the configured runs (a
-    file fitted for other runs is ignored with a note); ``ensemble=<path>`` must exist, and its
-    members replace the configured ones (their folds are kept when a run is configured too).
-    """
-    members = parse_members(cfg["members"])
+def chosen_ensemble(cfg: dict, members, announce=print) -> tuple[dict | None, str]:
+    """(the ensemble file's contents, where they came from), or (None, the configured weights) when none
+    applies: ``ensemble=auto`` takes ``<runs_dir>/ensemble.json`` when it names exactly the configured runs
+    (a file fitted for other runs is ignored with a note); ``ensemble=<path>`` must exist."""
     choice = str(cfg["ensemble"]).strip()
-    source = "configs/infer.yaml weights"
-    data = None
     if choice.lower() in ("none", "null", ""):
-        pass
-    elif choice == "auto":
+        return None, "configs/infer.yaml weights"
+    if choice == "auto":
         path = ensemble_path(_abs(cfg["runs_dir"]))
         if path.exists():
             found = read_ensemble_file(path)
             if sorted(found["members"]) == sorted(m.run for m in members):
-                data, source = found, f"{path} (fitted by src.ensemble)"
-            else:
-                announce(f"[ensemble] {path} was fitted for {found['members']}, not these members "
-                         f"{[m.run for m in members]}; using the configured weights")
-    else:
-        path = _abs(choice)
-        if not path.exists():
-            raise ConfigError(f"ensemble={choice}: no such file; run `python -m src.ensemble` or set ensemble=auto")
-        data, source = read_ensemble_file(path), f"{path} (fitted by src.ensemble)"
+                return found, f"{path} (fitted by src.ensemble)"
+            announce(f"[ensemble] {path} was fitted for {found['members']}, not these members "
+                     f"{[m.run for m in members]}; using the configured weights")
+        return None, "configs/infer.yaml weights"
+    path = _abs(choice)
+    if not path.exists():
+        raise ConfigError(f"ensemble={choice}: no such file; run `python -m src.ensemble` or set ensemble=auto")
+    return read_ensemble_file(path), f"{path} (fitted by src.ensemble)"
+
+
+def resolve_members(cfg: dict, announce=print) -> tuple[list[MemberSpec], str, str]:
+    """(members with their final weights, combine space, where the weights came from).
+
+    The weights come from the ensemble file :func:`chosen_ensemble` picks, whose members then replace the
+    configured ones (their folds are kept when a run is configured too), else from configs/infer.yaml.
+    """
+    members = parse_members(cfg["members"])
+    data, source = chosen_ensemble(cfg, members, announce)
     combine = cfg["combine"]
     if data is not None:
         folds = {m.run: m.folds for m in members}
@@ -147,3 +150,10 @@ def resolve_members(cfg: dict, announce=print) -> tuple[list[MemberSpec], str, s
     if combine == "auto":
         combine = "prob"
     return members, combine, source
+
+
+def resolve_calibration(cfg: dict) -> dict | None:
+    """The calibration the chosen ensemble file kept (``calibration`` of ensemble.json), or None."""
+    data, _ = chosen_ensemble(cfg, parse_members(cfg["members"]), announce=lambda *_: None)
+    calibration = (data or {}).get("calibration")
+    return calibration if calibration and calibration.get("method", "none") != "none" else None

@@ -27,6 +27,7 @@ from ..runs import is_finished, old_name_hint, run_dir
 from ..training.run_folder import RunFolderError
 from . import LOCALISER_EXPERIMENT, LOCALISER_MODEL
 from .extents import extents_for, min_voxels
+from .levels import RANGES_FILE, check_levels, index_ranges, judge_extents, learn_ranges, mask_ranges, with_level_columns
 from .metrics import nanmean
 from .predict import load_localisers, segment_study
 from .table import study_rows
@@ -102,7 +103,7 @@ def build_table(cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, annou
     studies = [(split, uid) for split in SPLITS for uid in cached_uids(cache_dir, split)]
     if not studies:
         raise FileNotFoundError(f"no cached studies in {cache_dir}; run `python -m src.prepare` first")
-    parts, dices, ious, in_sample = [], [], [], 0
+    parts, dices, ious, in_sample, truths, spacings = [], [], [], 0, {}, {}
     for split, uid in tqdm(studies, desc="localise", unit="study", disable=not cfg["progress"]):
         study = load_study(cache_dir, split, uid)
         segmented = split == "train_images" and study.mask is not None and uid in fold_of
@@ -111,6 +112,7 @@ def build_table(cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, annou
             in_sample += int(k != fold_of[uid])
             labels, confidence = segment_study([models[k]], study.volume)
             rows, dice, iou = judge_study(labels, confidence, study, cfg)
+            truths[uid] = mask_ranges(study.mask)
             if k == fold_of[uid]:
                 dices.append(dice)
                 ious.append(iou)
@@ -118,8 +120,10 @@ def build_table(cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, annou
             labels, confidence = segment_study(list(models.values()), study.volume)
             rows = study_rows(uid, extents_for(labels, confidence, min_voxels(cfg, labels.shape)), study.meta,
                               labels.shape)
+        spacings[uid] = (split, float(study.meta["slice_spacing"]), study.meta["slice_numbers"])
         parts.append(rows)
     table = pd.concat(parts, ignore_index=True)
+    table, level_summary = check_table(cfg, cache_dir, table, truths, spacings, models, fold_of, announce)
     path = localisation_path(cfg, cache_dir)
     atomic_write_csv(path, table)
     summary = {
@@ -129,6 +133,7 @@ def build_table(cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, annou
         "slice_iou": nanmean([nanmean(d.values()) for d in ious]) if ious else float("nan"),
         "per_target_dice": {v: nanmean([d[v] for d in dices]) for v in VERTEBRAE},
         "per_target_slice_iou": {v: nanmean([d[v] for d in ious]) for v in VERTEBRAE},
+        **level_summary,
     }
     announce(f"[localisation] wrote {path}: {len(studies)} studies, {summary['estimated_rows']} estimated rows of "
              f"{len(table)}")
@@ -139,6 +144,45 @@ def build_table(cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, annou
         announce(f"[localisation] out-of-fold on {len(dices)} segmented studies: dice {summary['dice']:.4f}, "
                  f"slice_iou {summary['slice_iou']:.4f}")
     return table, summary
+
+
+def check_table(cfg, cache_dir: Path, table: pd.DataFrame, truths: dict, studies: dict, models: dict,
+                fold_of: dict, announce=print) -> tuple[pd.DataFrame, dict]:
+    """The level columns on every study of ``table`` (src/localisation/levels.py): ranges learned from the
+    segmented studies' masks (``truths``: uid -> true ranges) and the localiser's error on them, written to
+    ``runs/<localiser>/levels.json`` for inference; with ``localiser.repair_levels`` a flagged study is
+    localised again and repaired where its labels allow. ``studies``: uid -> (split, spacing, slice numbers)."""
+    by_uid = {uid: rows for uid, rows in table.groupby("StudyInstanceUID", sort=False)}
+    if not truths:
+        announce("[levels] no segmented study: the level checks are left out")
+        return table, {}
+    uids = list(truths)
+    try:
+        learned = learn_ranges([(truths[u], studies[u][1]) for u in uids],
+                               [index_ranges(by_uid[u], studies[u][2]) for u in uids])
+    except ValueError as err:
+        announce(f"[levels] the level checks are left out: {err}")
+        return table, {}
+    ranges_path = learned.to_json(run_dir(cfg, fold=0).parent / RANGES_FILE)
+    repair = bool(cfg["localiser"]["repair_levels"])
+    parts, flagged, repaired = [], 0, 0
+    for uid, rows in by_uid.items():
+        split, spacing, numbers = studies[uid]
+        check = check_levels(index_ranges(rows, numbers), spacing, learned)
+        if check.flagged and repair:
+            study = load_study(cache_dir, split, uid)
+            chosen = [models[nearest_fold(int(fold_of[uid]), models)]] if uid in truths else list(models.values())
+            labels, confidence = segment_study(chosen, study.volume)
+            fixed, check = judge_extents(labels, extents_for(labels, confidence, min_voxels(cfg, labels.shape)),
+                                         spacing, learned, repair=True)
+            if check.repaired:
+                rows = study_rows(uid, fixed, study.meta, labels.shape)
+        flagged += int(check.flagged or check.repaired)  # failed the checks, before any repair
+        repaired += int(check.repaired)
+        parts.append(with_level_columns(rows, check))
+    announce(f"[levels] ranges from {learned.n_studies} segmented studies -> {ranges_path}; {flagged} of {len(by_uid)} "
+             f"studies fail the level checks{f', {repaired} repaired' if repair else ' (localiser.repair_levels=false: flagged only)'}")
+    return pd.concat(parts, ignore_index=True), {"level_flagged": flagged, "level_repaired": repaired}
 
 
 # Keys of the calling experiment that the localiser must share: where the data, cache, folds, runs and

@@ -10,6 +10,8 @@ read by the per-vertebra classifier and by inference. Columns (docs/data.md#the-
   x1/y1 exclusive, so ``pixels[y0:y1, x0:x1]`` is the crop
 - ``confidence``: mean softmax probability of the vertebra over its voxels (0 for estimates)
 - ``estimated``: True when the model found too little and the row was inferred from neighbours
+- after them, tables written since the level checks: ``level_confidence``, ``level_flag``, ``level_repaired``
+  (the study's verdict, the same on its seven rows; src/localisation/levels.py)
 
 Extents arrive on a study grid (src/localisation/extents.py): one row per original slice in volume order,
 in-plane a resize of the whole original slice (the cache's and the model's both are), so slice indices
@@ -26,6 +28,9 @@ import pandas as pd
 from .. import VERTEBRAE
 from .extents import Extent
 
+LEVEL_COLUMNS = ["level_confidence", "level_flag", "level_repaired"]
+
+# the level columns (src/localisation/levels.py) follow these in tables that have them
 COLUMNS = ["StudyInstanceUID", "vertebra", "slice_min", "slice_max", "x0", "y0", "x1", "y1", "confidence", "estimated"]
 CROP_COLUMNS = COLUMNS[:8]  # what a vertebra crop needs: the study, the vertebra, its slice range and box
 
@@ -82,5 +87,7 @@ def read_table(path: Path, complete: bool = True) -> pd.DataFrame:
     if len(short):
         raise ValueError(f"{path}: {len(short)} studies lack some of C1..C7 (e.g. {short.index[0]}); "
                          f"rebuild it with `python -m src.localise`")
-    table["estimated"] = table["estimated"].astype(str).str.lower().isin(["true", "1"])
-    return table[COLUMNS]
+    flags = ["estimated"] + [c for c in ("level_flag", "level_repaired") if c in table.columns]
+    for column in flags:
+        table[column] = table[column].astype(str).str.lower().isin(["true", "1"])
+    return table[COLUMNS + [c for c in LEVEL_COLUMNS if c in table.columns]]

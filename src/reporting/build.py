@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .oof import oof_cv
+from .. import TARGETS
+
+from .oof import labelled_oof, oof_cv
 from .runs import EnsembleCV, FoldRun, find_ensemble_cv, find_runs
 from .tables import classifier_leaderboard, fold_matrix, localiser_table, uneven_folds, unfinished
+from .worst import level_counts, run_levels, worst_studies
 
 
 @dataclass
@@ -26,6 +29,8 @@ class Report:
     ensemble: EnsembleCV | None
     unfinished: list[FoldRun]
     notes: list[str] = field(default_factory=list)
+    worst: dict[str, pd.DataFrame] = field(default_factory=dict)  # experiment -> its worst held-out studies
+    level_summary: str = ""  # how many studies of the localisation table fail the level checks
     figures: dict[str, Path] = field(default_factory=dict)  # title -> PNG path, filled by the caller
 
 
@@ -39,15 +44,23 @@ def build_report(runs_dir: Path, truth: Path | None = None) -> Report:
     runs = find_runs(runs_dir)
     table = classifier_leaderboard(runs)
     labels_cache: dict = {}
-    scored = []
+    scored, worst, notes, level_summary = [], {}, [], ""
     for experiment in table["experiment"]:
         group = [r for r in runs if r.experiment == experiment and r.finished and r.task == "classify"]
         scored.append(oof_cv(group, truth, labels_cache))
+        oof, labels, _ = labelled_oof(group, truth, labels_cache)
+        if oof is not None and labels is not None and len(oof):
+            levels, why = run_levels(group[0].config)
+            if why:
+                notes.append(f"{experiment}: worst studies without level flags: {why}")
+            elif not level_summary:
+                level_summary = level_counts(levels)
+            worst[experiment] = worst_studies(oof["StudyInstanceUID"].to_numpy(), labels,
+                                              oof[list(TARGETS)].to_numpy(float), levels=levels)
     table["oof_cv"] = [s.score for s in scored]
     table["oof_studies"] = [s.n_studies for s in scored]
     table["oof_note"] = [s.note for s in scored]
     localisers = localiser_table(runs)
-    notes = []
     if uneven_folds(table):
         notes.append("experiments were scored on different folds, so their mean scores cover different "
                      "studies; compare them on the folds they share (table 'Score per fold').")
@@ -61,4 +74,6 @@ def build_report(runs_dir: Path, truth: Path | None = None) -> Report:
         ensemble=find_ensemble_cv(runs_dir),
         unfinished=unfinished(runs),
         notes=notes,
+        worst=worst,
+        level_summary=level_summary,
     )

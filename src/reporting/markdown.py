@@ -92,7 +92,32 @@ def ensemble_section(report: Report) -> str:
         line += f"; best single experiment's mean fold score {_num(best)}"
     if ens.per_fold:
         line += "\n\nper fold: " + ", ".join(f"fold{k} {_num(v)}" for k, v in ens.per_fold.items())
+    if ens.calibration:
+        tried = ", ".join(f"{m} {_num(v)}" for m, v in ens.calibration.get("nested_cv", {}).items())
+        line += (f"\n\ncalibration of the final probabilities, nested CV: {tried}; kept: "
+                 f"{ens.calibration.get('method', 'none')}")
     return "## Ensemble\n\n" + line
+
+
+def worst_section(report: Report) -> str:
+    """Each classifier's costliest held-out studies (src/reporting/worst.py)."""
+    if not report.worst:
+        return ""
+    parts = ["## Worst held-out studies",
+             "Per experiment, the out-of-fold studies with the highest loss (their mean over all studies is the "
+             "oof CV); share: of the sum over all its studies; costly targets: label, prediction and the "
+             "target's part of the loss; levels: whether the localisation failed the level checks "
+             "(src/localisation/levels.py), with its level confidence."]
+    if getattr(report, "level_summary", ""):
+        parts.append(report.level_summary + ".")
+    for experiment, worst in report.worst.items():
+        rows = []
+        for r in worst.itertuples(index=False):
+            levels = "-" if r.level_flag is None or pd.isna(r.level_flag) else (
+                f"{'flagged' if r.level_flag else 'ok'} ({r.level_confidence:.2f})")
+            rows.append([r.StudyInstanceUID, _num(r.loss, 3), f"{100 * r.share:.1f}%", r.costly, levels])
+        parts += [f"### {experiment}", table(["study", "loss", "share", "costly targets", "levels"], rows)]
+    return "\n\n".join(parts)
 
 
 def localiser_section(report: Report) -> str:
@@ -140,6 +165,7 @@ def render(report: Report, markdown_path: Path | None = None) -> str:
     n_done = sum(r.finished for r in report.runs)
     head = (f"# Experiment report\n\nFrom `{report.runs_dir}`: {len(report.runs)} fold runs, {n_done} finished, "
             f"{len(report.runs) - n_done} unfinished.")
-    sections = [head, classifier_section(report), ensemble_section(report), localiser_section(report),
+    sections = [head, classifier_section(report), ensemble_section(report), worst_section(report),
+                localiser_section(report),
                 unfinished_section(report), problems_section(report), figures_section(report, markdown_path)]
     return "\n\n".join(s for s in sections if s) + "\n"

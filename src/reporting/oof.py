@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .. import TARGETS
@@ -51,12 +52,13 @@ def concatenated_oof(runs: list[FoldRun]) -> tuple[pd.DataFrame | None, list[str
     return pd.concat(frames, ignore_index=True), notes
 
 
-def oof_cv(runs: list[FoldRun], truth_path: Path | None = None,
-           _labels_cache: dict[Path, pd.DataFrame] | None = None) -> OofCV:
-    """Score the concatenated oof rows of ``runs`` (one experiment) against their labels."""
+def labelled_oof(runs: list[FoldRun], truth_path: Path | None = None,
+                 _labels_cache: dict[Path, pd.DataFrame] | None = None) -> tuple[pd.DataFrame | None, np.ndarray | None, list[str]]:
+    """The concatenated oof rows of ``runs`` (one experiment) that have labels, those labels (N, 8) in
+    TARGETS order, and notes on what was left out; (None, None, notes) when nothing can be scored."""
     oof, notes = concatenated_oof(runs)
     if oof is None:
-        return OofCV(None, 0, "; ".join(notes) or "no oof.csv")
+        return None, None, notes or ["no oof.csv"]
     duplicated = oof["StudyInstanceUID"].duplicated()
     if duplicated.any():
         # Two folds predicted the same study: the folds were not a partition (different fold files?).
@@ -65,7 +67,7 @@ def oof_cv(runs: list[FoldRun], truth_path: Path | None = None,
     path, why = (Path(truth_path), "") if truth_path else labels_path_for(runs[0])
     if path is None or not path.exists():
         notes.append(f"labels not found ({why or f'no {path}'}); pass truth=<train.csv>")
-        return OofCV(None, len(oof), "; ".join(notes))
+        return oof, None, notes
     cache = {} if _labels_cache is None else _labels_cache
     if path not in cache:
         cache[path] = to_wide(pd.read_csv(path)).set_index("StudyInstanceUID")
@@ -74,8 +76,15 @@ def oof_cv(runs: list[FoldRun], truth_path: Path | None = None,
     if not known.all():
         notes.append(f"{int((~known).sum())} oof studies are not in {path.name}; left out")
         oof = oof[known]
-    if oof.empty:
-        return OofCV(None, 0, "; ".join(notes))
-    truth = labels.loc[oof["StudyInstanceUID"], TARGETS].to_numpy(float)
+    oof = oof.reset_index(drop=True)
+    return oof, labels.loc[oof["StudyInstanceUID"], TARGETS].to_numpy(float), notes
+
+
+def oof_cv(runs: list[FoldRun], truth_path: Path | None = None,
+           _labels_cache: dict[Path, pd.DataFrame] | None = None) -> OofCV:
+    """Score the concatenated oof rows of ``runs`` (one experiment) against their labels."""
+    oof, truth, notes = labelled_oof(runs, truth_path, _labels_cache)
+    if oof is None or truth is None or oof.empty:
+        return OofCV(None, 0 if oof is None or truth is not None else len(oof), "; ".join(notes))
     score = competition_score(truth, oof[TARGETS].to_numpy(float))
     return OofCV(score, len(oof), "; ".join(notes))

@@ -68,6 +68,7 @@ class EnsembleCV:
     members: list[str] = field(default_factory=list)
     per_fold: dict[str, float] = field(default_factory=dict)
     problem: str = ""
+    calibration: dict = field(default_factory=dict)  # ensemble.json's ``calibration`` (src/ensembling/calibration.py)
 
 
 def _read_json(path: Path, problems: list[str]) -> dict | None:
@@ -148,5 +149,6 @@ def find_ensemble_cv(runs_dir: Path) -> EnsembleCV | None:
     if "nested_cv" not in data:
         return EnsembleCV(path, None, problem="it holds weights but no nested CV (not fitted by `python -m src.ensemble`)")
     per_fold = data.get("spaces", {}).get(data["combine"], {}).get("nested_per_fold", {})
+    calibration = data.get("calibration") if isinstance(data.get("calibration"), dict) else {}
     return EnsembleCV(path, float(data["nested_cv"]["score"]), data["combine"], list(data["members"]),
-                      {str(k): v for k, v in per_fold.items() if isinstance(v, (int, float))})
+                      {str(k): v for k, v in per_fold.items() if isinstance(v, (int, float))}, calibration=calibration)
