@@ -286,6 +286,30 @@ def test_src_ensemble_reports_the_patient_model_only_when_asked():
     assert competition_score(labels, improved) < competition_score(labels, probs)
 
 
+def test_ensemble_file_patient_entry_is_checked_and_applied_at_inference(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from src.inference.pipeline import FallbackLog, Predictor
+    from src.runs import read_ensemble
+
+    entry = {"members": ["a"], "weights": [1.0], "combine": "prob",
+             "patient": {"method": "logistic", "params": {"coef": [0.0] * 7 + [1.0], "intercept": 0.0}}}
+    path = tmp_path / "ensemble.json"
+    path.write_text(json.dumps(entry))
+    assert read_ensemble(path)["patient"]["method"] == "logistic"
+    path.write_text(json.dumps({**entry, "patient": {"method": "logistic", "params": {"coef": [1.0], "intercept": 0}}}))
+    with pytest.raises(ValueError, match="patient"):
+        read_ensemble(path)
+    probs = np.array([0.3, 0.1, 0.2, 0.05, 0.05, 0.05, 0.05, 0.05])
+    member = SimpleNamespace(run="a", weight=1.0, predict=lambda *args: probs)
+    plain = Predictor([member], "prob", None, "cpu", None)
+    assert np.allclose(plain._combine_members("u", {}, FallbackLog()), probs)
+    fitted = Predictor([member], "prob", None, "cpu", None, patient=entry["patient"])
+    out = fitted._combine_members("u", {}, FallbackLog())
+    assert np.allclose(out[1:], probs[1:]) and out[0] == pytest.approx(1 - np.prod(1 - probs[1:]), abs=1e-6)
+
+
 # ---- exclude_studies ----
 
 def test_exclude_studies_removes_and_reports():

@@ -18,11 +18,9 @@ Methods for the patient_overall column:
 from __future__ import annotations
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 
 from ..metric import competition_score, sample_weights
-
-METHODS = ("keep", "noisy_or", "max", "logistic")
+from ..runs import PATIENT_METHODS as METHODS  # the schema of ensemble.json owns the names
 EPS = 1e-6
 
 
@@ -47,6 +45,8 @@ def fit_logistic(labels: np.ndarray, probs: np.ndarray, c: float = 1.0) -> dict:
     if len(np.unique(y)) < 2:  # one class only: a constant at its (clipped) rate is the fit
         rate = float(np.clip(y.mean(), EPS, 1 - EPS))
         return {"coef": [0.0] * features(probs).shape[1], "intercept": float(np.log(rate / (1 - rate)))}
+    from sklearn.linear_model import LogisticRegression  # fitting only: inference applies the saved coefficients
+
     model = LogisticRegression(C=c, max_iter=1000)
     model.fit(features(probs), y, sample_weight=row_weight * len(y) / row_weight.sum())
     return {"coef": model.coef_[0].tolist(), "intercept": float(model.intercept_[0])}

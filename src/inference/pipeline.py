@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ConfigError
+from ..ensembling.patient import apply as patient_model
 from ..ensembling.weights import combine as combine_members
 from ..paths import InvalidUID, _abs, check_uid
 from ..training.device import autocast_for, pick_device
@@ -32,7 +33,7 @@ from .inputs import build_inputs
 from .localiser import Localiser, load_localiser
 from .members import Member, MemberLoadError, finite_probs, load_member
 from .prior import label_prior
-from .settings import resolve_members, resolve_test_data
+from .settings import resolve_ensemble, resolve_test_data
 from .studies import ReadPlan, ReadStudy, StudyReader, read_study
 from .test_csv import build_submission, read_test_rows, study_order, write_submission
 
@@ -50,6 +51,7 @@ class Predictor:
     min_slices: int = 10
     workers: int = 2   # reading processes ahead of the models; 0 = read in this process
     timings: dict = field(default_factory=lambda: defaultdict(float))  # seconds per stage, all studies
+    patient: dict | None = None  # ensemble.json's patient-level model (src/ensembling/patient.py), if any
 
     @property
     def sizes(self) -> set[int]:
@@ -121,7 +123,10 @@ class Predictor:
         if not probs:
             log.add("all_members", uid, "no member could predict it")
             return None
-        return combine_members(np.stack(probs)[:, None, :], weights, self.combine)[0]
+        combined = combine_members(np.stack(probs)[:, None, :], weights, self.combine)
+        if self.patient is not None:
+            combined = patient_model(combined, self.patient["method"], self.patient.get("params"))
+        return combined[0]
 
 
 def load_predictor(cfg: dict, announce=print, log: FallbackLog | None = None) -> Predictor:
@@ -139,7 +144,9 @@ def load_predictor(cfg: dict, announce=print, log: FallbackLog | None = None) ->
     except RuntimeError as err:  # device=cuda without one: a setting, so one line
         raise ConfigError(str(err)) from None
     runs_dir = _abs(cfg["runs_dir"])
-    specs, combine, source = resolve_members(cfg, announce)
+    specs, combine, source, patient = resolve_ensemble(cfg, announce)
+    if patient is not None:
+        announce(f"[ensemble] patient_overall from the {patient['method']} patient model of {source}")
     announce(f"[ensemble] weights from {source}; combine in {combine} space; device {device}; "
              f"tta {'on (left-right mirror)' if cfg['tta'] else 'off'}; {cfg['workers']} reading process(es)")
     members = load_members(specs, runs_dir, device, announce, log)
@@ -148,7 +155,7 @@ def load_predictor(cfg: dict, announce=print, log: FallbackLog | None = None) ->
         localiser = load_localiser(runs_dir, cfg["localiser"], device, cfg.get("localisation_table"), announce)
         record_left_out(log, localiser.run, localiser.left_out, whole=not localiser.models)
     return Predictor(members, combine, localiser, device, autocast_for(cfg, device), bool(cfg["tta"]),
-                     int(cfg["min_slices"]), int(cfg["workers"]))
+                     int(cfg["min_slices"]), int(cfg["workers"]), patient=patient)
 
 
 def load_members(specs, runs_dir: Path, device, announce, log: FallbackLog) -> list[Member]:

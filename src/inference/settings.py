@@ -109,7 +109,13 @@ def read_ensemble_file(path: Path) -> dict:
 
 
 def resolve_members(cfg: dict, announce=print) -> tuple[list[MemberSpec], str, str]:
-    """(members with their final weights, combine space, where the weights came from).
+    """(members with their final weights, combine space, where the weights came from); see :func:`resolve_ensemble`."""
+    return resolve_ensemble(cfg, announce)[:3]
+
+
+def resolve_ensemble(cfg: dict, announce=print) -> tuple[list[MemberSpec], str, str, dict | None]:
+    """(members with their final weights, combine space, where the weights came from, the patient-level
+    model of the ensemble file or None).
 
     ``ensemble=auto`` takes ``<runs_dir>/ensemble.json`` when it names exactly the configured runs (a
     file fitted for other runs is ignored with a note); ``ensemble=<path>`` must exist, and its
@@ -146,4 +152,7 @@ def resolve_members(cfg: dict, announce=print) -> tuple[list[MemberSpec], str, s
             raise ConfigError(f"{source}: every weight is 0")
     if combine == "auto":
         combine = "prob"
-    return members, combine, source
+    patient = (data or {}).get("patient")
+    if patient is not None and patient["method"] == "keep":
+        patient = None
+    return members, combine, source, patient
