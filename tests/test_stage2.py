@@ -82,6 +82,12 @@ def test_dataset_items_carry_slice_targets_from_the_box_table(tmp_path):
     assert (fracture[[0, 1, 3, 5, 6]] == 0).all()                    # intact vertebrae
     presence = item["slice_vertebrae"].numpy()
     assert all((presence[k].argmax(axis=1) == k).all() for k in range(7))
+    # single-vertebra items (train_unit=vertebra) carry their vertebra's targets
+    from src.tasks.vertebra import VertebraSampleDataset
+
+    single = VertebraSampleDataset(data, 3.0)[0]        # the first positive: C3
+    assert int(single["vertebra"]) == 2 and single["slice_fracture"].tolist() == fracture[2].tolist()
+    assert single["slice_vertebrae"].shape == (10, 7) and single["images"].shape == (10, 1, 16, 16)
     # without the box table the items are exactly as before: no targets
     plain = VertebraDataset(tmp_path, ["1.2.3"], table, settings, [[400, 1800]], labels=labels)[0]
     assert set(plain) == {"images", "labels"} and torch.equal(plain["images"], item["images"])
