@@ -107,6 +107,11 @@ def test_mask_channel_shape_and_alignment_with_the_crop(tmp_path):
     assert crops.channels == 3 * 2 + 1
     stack = crops.vertebra_stack(hu, meta, plan, vertebra="C3", mask=mask)
     assert stack.shape == (4, 7, 64, 64)
+    hu[:, 20:40, 20:40] = 300                           # some bone: the image channels are the plain stack's
+    stack = crops.vertebra_stack(hu, meta, plan, vertebra="C3", mask=mask)
+    plain = VertebraCrops({"n_slices": 4, "neighbours": 1, "crop_size": 64, "margin": 0.0},
+                          [[400, 1800], [40, 80]]).vertebra_stack(hu, meta, plan)
+    assert np.array_equal(stack[:, :-1], plain)
     expected = (mask[0] == 3).astype(np.float32)
     assert np.allclose(stack[:, -1], expected[None], atol=1e-5)
     # no segmentation: the localisation box on the slices of the range, cropped like the image

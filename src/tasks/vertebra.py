@@ -279,7 +279,7 @@ class VertebraCrops:
         # (N*(2k+1), W, S, S) gathered straight into the item (at 384 px a study's item is half a gigabyte:
         # every copy counts); mode="clip" because "raise" would gather into a temporary first
         if self.mask_channel:
-            np.copyto(images.reshape(-1, *slices.shape[1:]), slices[inverse.reshape(-1)])
+            images[...] = slices[inverse.reshape(-1)].reshape(images.shape)  # a strided view: no out= gather
             target = target_mask(volume.shape, meta, plan, positions, VERTEBRAE.index(vertebra), mask)
             out[:, -1] = resize_stack(crop_padded(target, box, fill=0.0), size)
         else:
