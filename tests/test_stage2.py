@@ -361,3 +361,24 @@ def test_synth_box_fraction_changes_only_the_boxes():
     assert [t["fractured"] for t in fewer] == [t["fractured"] for t in default]
     none, _ = plan_dataset(300, 0, "demo", seed=1, seg_fraction=0.1, plant_test_trap=False, box_fraction=0.0)
     assert not any(t["boxes"] for t in none)
+
+
+@pytest.mark.slow
+def test_training_with_top_k_infers_with_the_mean_of_the_best_epochs(tmp_path):
+    """A whole run (tiny 3D CNN, 3 epochs): best.pt holds the mean of the kept epochs, oof.csv comes from it."""
+    from fake_training_data import install_folds, make_tiny_dataset, overrides
+    from src.train import main
+
+    tiny = make_tiny_dataset(tmp_path)
+    install_folds(tiny)
+    metrics = main(["config=cnn3d", "cnn3d.shape=[8,16,16]", "cnn3d.widths=[4,8]", "cnn3d.blocks=1"]
+                   + overrides(tiny, epochs=3, max_steps_per_epoch=2, average_top_k=2))
+    folder = tmp_path / "runs" / "cnn3d" / "fold0"
+    kept = sorted((folder / "top_k").glob("epoch*.pt"))
+    assert len(kept) == 2 and metrics["averaged_epochs"] == sorted(int(p.stem[5:]) for p in kept)
+    best = torch.load(folder / "best.pt", weights_only=True)
+    states = [torch.load(p, weights_only=True)["model"] for p in kept]
+    key = next(k for k, v in best["model"].items() if v.is_floating_point() and v.numel() > 1)
+    assert torch.allclose(best["model"][key], (states[0][key] + states[1][key]) / 2)
+    single = torch.load(folder / "best_single.pt", weights_only=True)
+    assert single["epoch"] == best["epoch"] and "averaged_epochs" not in single
