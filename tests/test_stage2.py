@@ -382,3 +382,35 @@ def test_training_with_top_k_infers_with_the_mean_of_the_best_epochs(tmp_path):
     assert torch.allclose(best["model"][key], (states[0][key] + states[1][key]) / 2)
     single = torch.load(folder / "best_single.pt", weights_only=True)
     assert single["epoch"] == best["epoch"] and "averaged_epochs" not in single
+
+
+# ---- benchmarks/ablation.py ----
+
+def test_ablation_table_per_fold_mean_and_difference_from_base(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "ablation", Path(__file__).resolve().parent.parent / "benchmarks" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    assert ablation.variant_overrides("base") == [] and "effnet_gru.mask_channel=true" in ablation.variant_overrides("all")
+    labels, probs, folds = _oof(n=200)
+    uids = [f"1.{i}" for i in range(len(labels))]
+    truth = pd.DataFrame(labels, columns=TARGETS).assign(StudyInstanceUID=uids)
+    for variant, p in (("base", probs), ("aux", np.clip(probs * 0.9 + 0.1 * labels, 0, 1))):
+        for fold in (0, 1):
+            held = folds % 2 == fold
+            folder = tmp_path / f"ablation_{variant}" / f"fold{fold}"
+            folder.mkdir(parents=True)
+            frame = pd.DataFrame(p[held], columns=TARGETS)
+            frame.insert(0, "StudyInstanceUID", np.array(uids)[held])
+            frame.to_csv(folder / "oof.csv", index=False)
+    result = ablation.table(tmp_path, ["base", "aux", "mask", "patient"], [0, 1], truth)
+    assert set(result["variant"]) == {"base", "aux", "patient"}  # mask was never trained: no row
+    base_rows = result[(result["variant"] == "base") & (result["fold"] != "mean")]
+    held = folds % 2 == 0
+    assert base_rows["score"].iloc[0] == pytest.approx(competition_score(labels[held], probs[held]))
+    means = result[result["fold"] == "mean"].set_index("variant")
+    assert means.loc["base", "vs_base"] == 0 and means.loc["aux", "vs_base"] < 0
+    assert {"patient_ll", "C1_ll", "C7_ll", "auc"} <= set(result.columns)
