@@ -173,7 +173,7 @@ def test_aux_weight_zero_is_the_old_loss_and_a_weight_adds_the_slice_loss():
         _, features = on.embed_vertebrae(batch["images"], with_slices=True)
         aux = on.slice_loss(features, batch)
     assert aux > 0
-    assert float(loss_on.detach()) == pytest.approx(float(loss_plain + 0.5 * aux), rel=1e-4)
+    assert float(loss_on.detach()) == pytest.approx(float(loss_plain.detach() + 0.5 * aux), rel=1e-4)
     loss_on.backward()
     assert on.slice_head.weight.grad.abs().sum() > 0
     on.eval()
