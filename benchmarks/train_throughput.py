@@ -72,7 +72,7 @@ def measure(which: str, device_name: str, steps: int, warmup: int, batch: int | 
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            pooled = model.embed_vertebrae(images)
+            pooled, _, _ = model.embed_vertebrae(images)
             logits = model.vertebra_head(pooled).squeeze(-1).float()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, weight=1 + labels)
         optimizer.zero_grad(set_to_none=True)

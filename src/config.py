@@ -136,6 +136,11 @@ def _device(value: Any) -> str | None:
     return None if ok else "auto, cpu, cuda or cuda:<n>"
 
 
+def _study_uids(value: Any) -> str | None:
+    ok = isinstance(value, list) and all(isinstance(v, str) and re.fullmatch(r"[0-9.]+", v) for v in value)
+    return None if ok else "a list of StudyInstanceUIDs (digits and dots)"
+
+
 _COUNT = Rule(low=1)                 # how many of something: at least one
 _COUNT0 = Rule(low=0)                # 0 means none / off / all, as default.yaml's comment says
 _POSITIVE = Rule(above=0)
@@ -184,6 +189,9 @@ EXPERIMENT_RULES: dict[str, Rule] = {
     "effnet_gru.neighbour_step": _COUNT, "effnet_gru.augment": _NON_NEGATIVE,
     "effnet_gru.drop_path_rate": _DROPOUT, "effnet_gru.train_unit": Rule(choices=("study", "vertebra")),
     "effnet_gru.negatives_per_positive": _NON_NEGATIVE,
+    "effnet_gru.aux_loss_weight": _NON_NEGATIVE, "effnet_gru.order_jitter": _PROBABILITY,
+    "effnet_gru.mixup_prob": _PROBABILITY, "effnet_gru.mixup_alpha": _POSITIVE,
+    "average_top_k": _COUNT0, "exclude_studies": Rule(min_length=0, test=_study_uids, example=[""]),
 }
 
 

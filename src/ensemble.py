@@ -28,6 +28,7 @@ DEFAULTS = {
     "inner_folds": 5,       # stand-in groups when the oof rows come from a single fold
     "seed": 0,
     "output": "",           # empty -> <runs_dir>/ensemble.json
+    "patient": "keep",      # patient_overall: keep (the members') | auto (best nested CV) | noisy_or | max | logistic
 }
 
 
@@ -70,7 +71,10 @@ def main(argv: list[str]) -> dict:
         aligned = align_members(runs_dir, runs, pd.read_csv(truth))
     except RunNotFoundError as err:
         raise ConfigError(str(err)) from None
-    result = fit_ensemble(aligned, args["combine"], args["inner_folds"], args["seed"], bool(args["calibrate"]))
+    if args["patient"] not in ("keep", "auto", "noisy_or", "max", "logistic"):
+        raise ConfigError(f"patient={args['patient']!r}; expected keep, auto, noisy_or, max or logistic")
+    result = fit_ensemble(aligned, args["combine"], args["inner_folds"], args["seed"], bool(args["calibrate"]),
+                          args["patient"])
     result["truth"] = str(truth)
     output = _abs(args["output"]) if args["output"] else ensemble_path(runs_dir)
     atomic_write_json(output, result)

@@ -150,6 +150,8 @@ def ensemble_path(runs_dir: Path) -> Path:
 
 
 COMBINE_SPACES = ("prob", "logit")
+PATIENT_METHODS = ("keep", "noisy_or", "max", "logistic")  # src/ensembling/patient.py; N_PATIENT_FEATURES for logistic
+N_PATIENT_FEATURES = 8
 
 
 def read_ensemble(path: Path) -> dict:
@@ -169,8 +171,16 @@ def read_ensemble(path: Path) -> dict:
     nested = data.get("nested_cv") if isinstance(data, dict) else None
     if ok and nested is not None:
         ok = isinstance(nested, dict) and isinstance(nested.get("score"), (int, float))
+    patient = data.get("patient") if isinstance(data, dict) else None
+    if ok and patient is not None:
+        ok = isinstance(patient, dict) and patient.get("method") in PATIENT_METHODS
+        if ok and patient["method"] == "logistic":
+            params = patient.get("params")
+            ok = (isinstance(params, dict) and isinstance(params.get("intercept"), (int, float))
+                  and isinstance(params.get("coef"), list) and len(params["coef"]) == N_PATIENT_FEATURES)
     if not ok:
         raise ValueError(f"{path}: not an ensemble file (needs members, weights of the same length, combine "
-                         f"{'|'.join(COMBINE_SPACES)}, and a numeric nested_cv.score if any); "
+                         f"{'|'.join(COMBINE_SPACES)}, a numeric nested_cv.score if any, and a patient entry with a "
+                         f"method of {'|'.join(PATIENT_METHODS)} if any, logistic with {N_PATIENT_FEATURES} coef); "
                          f"re-run `python -m src.ensemble`")
     return data

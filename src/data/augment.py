@@ -34,16 +34,27 @@ def build_slice_stack_transform(strength: float = 1.0) -> A.Compose:
     ])
 
 
-def augment_stack(stack: np.ndarray, transform: A.Compose) -> np.ndarray:
+def augment_stack(stack: np.ndarray, transform: A.Compose, mask: np.ndarray | None = None):
     """``stack`` float32 (K, H, W) in [0, 1] (K = slices x channels) -> the same shape, transformed alike.
 
-    Values are clipped back to [0, 1] afterwards (brightness and contrast may push them out).
+    Values are clipped back to [0, 1] afterwards (brightness and contrast may push them out). With
+    ``mask`` (M, H, W), e.g. the target vertebra's mask channel, returns (stack, mask): the mask takes the
+    same geometry and none of the intensity changes or dropout.
     """
     if stack.ndim != 3:
         raise ValueError(f"augment_stack expects (K, H, W), got shape {stack.shape}")
     transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ())))
     image = np.ascontiguousarray(stack.transpose(1, 2, 0))
-    out = transform(image=image)["image"]
+    if mask is None:
+        out = transform(image=image)["image"]
+    else:
+        result = transform(image=image, mask=np.ascontiguousarray(mask.transpose(1, 2, 0)))
+        out, moved = result["image"], result["mask"]
+        if moved.ndim == 2:
+            moved = moved[:, :, None]
     if out.ndim == 2:  # a single channel can come back without its axis
         out = out[:, :, None]
-    return np.clip(out.transpose(2, 0, 1), 0.0, 1.0).astype(np.float32, copy=False)
+    out = np.clip(out.transpose(2, 0, 1), 0.0, 1.0).astype(np.float32, copy=False)
+    if mask is None:
+        return out
+    return out, np.asarray(moved, dtype=np.float32).transpose(2, 0, 1)

@@ -11,11 +11,17 @@ rows (src/ensembling/oof.py). For each combine space (prob, logit):
 The space with the better nested CV is chosen unless one is asked for. Then calibration of the combined
 probabilities (src/ensembling/calibration.py) is judged by the same nested CV and kept only if it helps. With oof rows from a single fold
 (one fold trained), the nested CV uses ``inner_folds`` random groups of those studies instead, and says so.
+
+``patient`` other than ``keep`` also judges the patient-level models of src/ensembling/patient.py on the
+combined prediction, nested the same way (for held-out fold k, the ensemble combined with the weights
+fitted without k, the patient model fitted without k); ``auto`` takes the best nested CV, ``keep``
+(the members' own patient_overall) unless a model beats it.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from . import patient as patient_models
 from .calibration import judge_calibration
 from .oof import AlignedOof
 from .weights import COMBINE_SPACES, combine, fit_weights, nested_cv, per_fold_score, split_groups
@@ -23,7 +29,7 @@ from ..metric import competition_score
 
 
 def fit_ensemble(aligned: AlignedOof, combine_space: str = "auto", inner_folds: int = 5, seed: int = 0,
-                 calibrate: bool = True) -> dict:
+                 calibrate: bool = True, patient: str = "keep") -> dict:
     folds = aligned.folds
     notes = list(aligned.notes)
     if len(np.unique(folds)) < 2:
@@ -39,7 +45,7 @@ def fit_ensemble(aligned: AlignedOof, combine_space: str = "auto", inner_folds: 
         weights = fit_weights(aligned.labels, aligned.probs, space)
         in_sample = competition_score(aligned.labels, combine(aligned.probs, weights, space))
         spaces[space] = {"nested_cv": nested["score"], "nested_per_fold": {str(k): v for k, v in nested["per_fold"].items()},
-                         "in_sample": in_sample, "weights": weights.tolist()}
+                         "in_sample": in_sample, "weights": weights.tolist(), "fold_weights": nested["weights"]}
     if combine_space == "auto":
         chosen = min(COMBINE_SPACES, key=lambda s: spaces[s]["nested_cv"])
     elif combine_space in COMBINE_SPACES:
@@ -48,7 +54,19 @@ def fit_ensemble(aligned: AlignedOof, combine_space: str = "auto", inner_folds: 
         raise ValueError(f"combine must be auto, prob or logit, got {combine_space!r}")
     calibration = (judge_calibration(aligned.labels, aligned.probs, folds, chosen, spaces[chosen]["weights"])
                    if calibrate else {"method": "none", "params": {}, "kept": False})
-    return {
+    patient_result = None
+    if patient != "keep":
+        chosen_space = spaces[chosen]
+        fold_probs = {k: combine(aligned.probs, w, chosen) for k, w in chosen_space["fold_weights"].items()}
+        combined = combine(aligned.probs, chosen_space["weights"], chosen)
+        judged = patient_models.nested_cv(aligned.labels, combined, folds, fold_probs)
+        method = patient_models.choose(judged, patient)
+        patient_result = {"method": method, "params": patient_models.fit(aligned.labels, combined, method),
+                          "nested_cv": {m: judged[m]["score"] for m in patient_models.METHODS},
+                          "in_sample": judged["in_sample"]}
+    for space in spaces.values():
+        space.pop("fold_weights")
+    result = {
         "members": list(aligned.members),
         "weights": spaces[chosen]["weights"],
         "combine": chosen,
@@ -60,6 +78,9 @@ def fit_ensemble(aligned: AlignedOof, combine_space: str = "auto", inner_folds: 
         "n_folds": int(len(np.unique(folds))),
         "notes": notes,
     }
+    if patient_result is not None:  # ensemble.json keeps its old keys when no patient model is asked for
+        result["patient"] = patient_result
+    return result
 
 
 def format_report(result: dict) -> str:
@@ -80,6 +101,12 @@ def format_report(result: dict) -> str:
         tried = "   ".join(f"{m} {v:.4f}" for m, v in cal["nested_cv"].items())
         lines.append(f"  calibration, nested CV: {tried}   -> {cal['method']}"
                      f"{' ' + str(cal['params']) if cal['kept'] else ' (none beats no calibration)'}")
+    patient = result.get("patient")
+    if patient:
+        for method, score in patient["nested_cv"].items():
+            mark = "  <- chosen" if method == patient["method"] else ""
+            lines.append(f"  patient_overall from {method:<9} nested CV {score:.4f}   in-sample "
+                         f"{patient['in_sample'][method]:.4f}{mark}")
     for note in result["notes"]:
         lines.append(f"  note: {note}")
     best_member = min(result["member_cv"].values())

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..config import ConfigError
 from ..ensembling.calibration import apply_calibration
+from ..ensembling.patient import apply as patient_model
 from ..ensembling.weights import combine as combine_members
 from ..paths import InvalidUID, _abs, check_uid
 from ..training.device import autocast_for, pick_device
@@ -36,7 +37,7 @@ from .localiser import Localiser, load_localiser
 from .members import Member, MemberLoadError, finite_probs, load_member
 from .memory import keep_freed_memory
 from .prior import label_prior
-from .settings import resolve_calibration, resolve_members, resolve_test_data
+from .settings import resolve_calibration, resolve_members, resolve_patient_model, resolve_test_data
 from .studies import ReadPlan, ReadStudy, StudyReader, read_study
 from .test_csv import build_submission, read_test_rows, study_order, write_submission
 
@@ -56,6 +57,7 @@ class Predictor:
     explainer: TestExplainer | None = None  # explain=true: a picture per study (src/inference/explanations.py)
     calibration: dict | None = None  # ensemble.json's kept calibration (src/ensembling/calibration.py)
     timings: dict = field(default_factory=lambda: defaultdict(float))  # seconds per stage, all studies
+    patient: dict | None = None  # ensemble.json's patient-level model (src/ensembling/patient.py), if any
 
     @property
     def sizes(self) -> set[int]:
@@ -134,8 +136,11 @@ class Predictor:
         if not probs:
             log.add("all_members", uid, "no member could predict it")
             return None
-        return apply_calibration(combine_members(np.stack(probs)[:, None, :], weights, self.combine)[0],
-                                 self.calibration)
+        combined = combine_members(np.stack(probs)[:, None, :], weights, self.combine)  # (1, 8)
+        final = apply_calibration(combined, self.calibration)
+        if self.patient is not None:  # fitted on the uncalibrated combination; it replaces patient_overall
+            final[:, 0] = patient_model(combined, self.patient["method"], self.patient.get("params"))[:, 0]
+        return final[0]
 
 
 def load_predictor(cfg: dict, announce=print, log: FallbackLog | None = None) -> Predictor:
@@ -156,6 +161,9 @@ def load_predictor(cfg: dict, announce=print, log: FallbackLog | None = None) ->
         raise ConfigError(str(err)) from None
     runs_dir = _abs(cfg["runs_dir"])
     specs, combine, source = resolve_members(cfg, announce)
+    patient = resolve_patient_model(cfg)
+    if patient is not None:
+        announce(f"[ensemble] patient_overall from the {patient['method']} patient model of {source}")
     announce(f"[ensemble] weights from {source}; combine in {combine} space; device {device}; "
              f"tta {'on (left-right mirror)' if cfg['tta'] else 'off'}; {cfg['workers']} reading process(es)")
     members = load_members(specs, runs_dir, device, announce, log)
@@ -167,7 +175,7 @@ def load_predictor(cfg: dict, announce=print, log: FallbackLog | None = None) ->
     if calibration is not None:
         announce(f"[ensemble] calibration from the ensemble file: {calibration['method']} {calibration['params']}")
     return Predictor(members, combine, localiser, device, autocast_for(cfg, device), bool(cfg["tta"]),
-                     int(cfg["min_slices"]), int(cfg["workers"]), calibration=calibration)
+                     int(cfg["min_slices"]), int(cfg["workers"]), calibration=calibration, patient=patient)
 
 
 def load_members(specs, runs_dir: Path, device, announce, log: FallbackLog) -> list[Member]:

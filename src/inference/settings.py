@@ -157,3 +157,11 @@ def resolve_calibration(cfg: dict) -> dict | None:
     data, _ = chosen_ensemble(cfg, parse_members(cfg["members"]), announce=lambda *_: None)
     calibration = (data or {}).get("calibration")
     return calibration if calibration and calibration.get("method", "none") != "none" else None
+
+
+def resolve_patient_model(cfg: dict) -> dict | None:
+    """The patient-level model the chosen ensemble file kept (``patient`` of ensemble.json), or None when
+    it keeps the members' own patient_overall."""
+    data, _ = chosen_ensemble(cfg, parse_members(cfg["members"]), announce=lambda *_: None)
+    patient = (data or {}).get("patient")
+    return patient if patient and patient.get("method", "keep") != "keep" else None

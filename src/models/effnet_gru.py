@@ -17,6 +17,11 @@ head plus a per-vertebra bias gives its logit. patient_overall comes from the se
 assuming independence), ``max``, or ``learned`` (a small head on the pooled vertebra embeddings).
 The loss is the competition metric itself (src.models.losses), so training sees all eight targets.
 
+Opt-in (issue 18): ``mask_channel`` adds one input channel (the target vertebra's mask);
+``aux_loss_weight`` > 0 adds a per-slice head on the GRU's slice features, trained on the items' per-slice
+targets (which vertebrae a slice shows, whether it shows the fracture) with that weight beside the
+competition loss; ``mixup_prob`` mixes training items in pairs (src/models/mixup.py).
+
 Imports only torch and timm: the GPU box and inference need nothing else.
 """
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 from torch import nn
 
 from .losses import competition_loss
+from .mixup import draw_mix, mix, mixed_loss
 from .registry import register_model
 
 N_VERTEBRAE = 7
@@ -39,8 +45,10 @@ class PretrainedWeightsError(RuntimeError):
 
 
 def input_channels(cfg, section: str = "effnet_gru") -> int:
-    """Channels per slice image: every HU window for the slice itself and its neighbours either side."""
-    return len(cfg["windows"]) * (2 * int(cfg[section]["neighbours"]) + 1)
+    """Channels per slice image: every HU window for the slice itself and its neighbours either side,
+    plus the target vertebra's mask with ``mask_channel``."""
+    settings = cfg[section]
+    return len(cfg["windows"]) * (2 * int(settings["neighbours"]) + 1) + int(bool(settings.get("mask_channel", False)))
 
 
 def create_encoder(name: str, in_chans: int, pretrained: bool = False, pretrained_path: str | None = None,
@@ -151,6 +159,10 @@ class EffNetGRU(nn.Module):
         self.vertebra_bias = nn.Parameter(torch.zeros(N_VERTEBRAE))
         if self.patient_head == "learned":
             self.patient_mlp = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+        self.mixup_prob, self.mixup_alpha = float(c.get("mixup_prob", 0.0)), float(c.get("mixup_alpha", 0.4))
+        self.aux_loss_weight = float(c.get("aux_loss_weight", 0.0))
+        if self.aux_loss_weight > 0:  # made last and only when on: the default model's weights are unchanged
+            self.slice_head = nn.Linear(2 * hidden, N_VERTEBRAE + 1)  # which vertebrae a slice shows, fracture
 
     def init_label_prior(self, rates) -> None:
         """Start at the training label rates (TARGETS order): the first epochs then refine the prior
@@ -161,27 +173,62 @@ class EffNetGRU(nn.Module):
             if self.patient_head == "learned":
                 self.patient_mlp[-1].bias.fill_(float(torch.logit(rates[0])))
 
-    def embed_vertebrae(self, images: torch.Tensor, with_attention: bool = False):
-        """(B, V, N, C, H, W) slice stacks -> (B, V, 2 * gru_hidden) pooled vertebra embeddings; with
-        ``with_attention`` also the (B, V, N) attention weights that pooled them (src/tasks/explanation.py)."""
+    def embed_vertebrae(self, images: torch.Tensor):
+        """(B, V, N, C, H, W) slice stacks -> (pooled vertebra embeddings (B, V, 2 * gru_hidden), the
+        attention weights that pooled them (B, V, N; src/tasks/explanation.py), the per-slice GRU features
+        (B, V, N, 2 * gru_hidden) the auxiliary head reads)."""
         b, v, n = images.shape[:3]
         slices = self.encoder(images.flatten(0, 2))                   # (B*V*N, F)
         sequence, _ = self.gru(slices.view(b * v, n, -1).float())     # GRU in fp32: bf16 recurrences drift
         pooled, weights = self.pool(sequence, with_weights=True)
-        pooled = pooled.view(b, v, -1)
-        return (pooled, weights.view(b, v, n)) if with_attention else pooled
+        return pooled.view(b, v, -1), weights.view(b, v, n), sequence.view(b, v, n, -1)
+
+    def slice_loss(self, slice_features: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The auxiliary per-slice loss: BCE of which vertebrae each slice shows, plus BCE of the fracture
+        on the slices that have a target (-1 marks none). Features (..., N, D), targets (..., N, 7), (..., N)."""
+        logits = self.slice_head(slice_features).float()
+        presence = nn.functional.binary_cross_entropy_with_logits(logits[..., :N_VERTEBRAE],
+                                                                  batch["slice_vertebrae"].float())
+        target = batch["slice_fracture"].float()
+        known = (target >= 0).float()
+        fracture = nn.functional.binary_cross_entropy_with_logits(logits[..., N_VERTEBRAE], target.clamp_min(0),
+                                                                  reduction="none")
+        return presence + (fracture * known).sum() / known.sum().clamp_min(1.0)
+
+    def _auxiliary(self) -> bool:
+        return self.aux_loss_weight > 0 and self.training
+
+    def _mix(self, batch: dict):
+        """(mixed images, lam, perm) in training with ``mixup_prob`` > 0, else (images, None, None)."""
+        drawn = draw_mix(batch["images"].shape[0], self.mixup_prob, self.mixup_alpha) if self.training else None
+        if drawn is None:
+            return batch["images"], None, None
+        lam, perm = drawn
+        return mix(batch["images"], lam, perm), lam, perm
 
     def forward_vertebrae(self, batch: dict) -> dict:
         """Single-vertebra items (``train_unit: vertebra``): images (B, N, C, H, W), vertebra (B,) in 0..6."""
-        pooled = self.embed_vertebrae(batch["images"].unsqueeze(1)).squeeze(1)            # (B, D)
-        logits = (self.vertebra_head(self.dropout(pooled)).squeeze(-1) + self.vertebra_bias[batch["vertebra"]]).float()
+        images, lam, perm = self._mix(batch)
+        aux = self._auxiliary() and "slice_fracture" in batch
+        pooled, _, slice_features = self.embed_vertebrae(images.unsqueeze(1))
+        pooled = pooled.squeeze(1)                                                           # (B, D)
+        bias = self.vertebra_bias[batch["vertebra"]]
+        if lam is not None:  # a mixed item's prior is the same mix of its two vertebrae's
+            bias = mix(bias, lam, perm)
+        logits = (self.vertebra_head(self.dropout(pooled)).squeeze(-1) + bias).float()
         out = {"logits": logits.unsqueeze(1)}
         if "vertebra_label" in batch:
-            label = batch["vertebra_label"].float()
-            # the competition's vertebra weights (2 fractured, 1 intact) times the sampling weight
-            weight = (1.0 + label) * batch["vertebra_weight"].float()
-            bce = nn.functional.binary_cross_entropy_with_logits(logits, label, reduction="none")
-            out["loss"] = (weight * bce).sum() / weight.sum()
+            def vertebra_loss(target: dict) -> torch.Tensor:
+                label = target["vertebra_label"].float()
+                # the competition's vertebra weights (2 fractured, 1 intact) times the sampling weight
+                weight = (1.0 + label) * target["vertebra_weight"].float()
+                bce = nn.functional.binary_cross_entropy_with_logits(logits, label, reduction="none")
+                return (weight * bce).sum() / weight.sum()
+
+            out["loss"] = mixed_loss(vertebra_loss, batch, lam, perm)
+            if aux:
+                out["loss"] = out["loss"] + self.aux_loss_weight * mixed_loss(
+                    lambda target: self.slice_loss(slice_features.squeeze(1), target), batch, lam, perm)
         return out
 
     def forward(self, batch: dict) -> dict:
@@ -190,7 +237,9 @@ class EffNetGRU(nn.Module):
         images = batch["images"]
         if images.ndim != 6 or images.shape[1] != N_VERTEBRAE:
             raise ValueError(f"effnet_gru expects images (B, 7, N, C, H, W), got {tuple(images.shape)}")
-        pooled, attention = self.embed_vertebrae(images, with_attention=True)  # (B, 7, D), (B, 7, N)
+        images, lam, perm = self._mix(batch)
+        aux = self._auxiliary() and "slice_fracture" in batch
+        pooled, attention, slice_features = self.embed_vertebrae(images)  # (B, 7, D), (B, 7, N), (B, 7, N, D)
         vertebra_logits = self.vertebra_head(self.dropout(pooled)).squeeze(-1) + self.vertebra_bias
         if self.patient_head == "noisy_or":
             patient = noisy_or_logit(vertebra_logits)
@@ -202,5 +251,8 @@ class EffNetGRU(nn.Module):
         logits = torch.cat([patient.unsqueeze(1).float(), vertebra_logits.float()], dim=1)
         out = {"logits": logits, "vertebra_logits": vertebra_logits, "attention": attention.float()}
         if "labels" in batch:
-            out["loss"] = competition_loss(logits, batch["labels"])
+            out["loss"] = mixed_loss(lambda target: competition_loss(logits, target["labels"]), batch, lam, perm)
+            if aux:
+                out["loss"] = out["loss"] + self.aux_loss_weight * mixed_loss(
+                    lambda target: self.slice_loss(slice_features, target), batch, lam, perm)
         return out

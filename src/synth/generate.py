@@ -86,7 +86,7 @@ def _build_and_write(task: dict) -> dict:
 
 
 def plan_dataset(n_train: int, n_test: int, size: str, seed: int, seg_fraction: float,
-                 plant_test_trap: bool) -> tuple[list[dict], dict]:
+                 plant_test_trap: bool, box_fraction: float = BOX_FRACTION) -> tuple[list[dict], dict]:
     """Every study's task (split, UID, seed, labels, mask?, boxes?) and the trap, without building anything."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
@@ -94,6 +94,8 @@ def plan_dataset(n_train: int, n_test: int, size: str, seed: int, seg_fraction: 
         raise ValueError(f"need at least one study (n_train={n_train}, n_test={n_test})")
     if not 0.0 <= seg_fraction <= 1.0:
         raise ValueError(f"seg_fraction must be in [0, 1], got {seg_fraction}")
+    if not 0.0 <= box_fraction <= 1.0:
+        raise ValueError(f"box_fraction must be in [0, 1], got {box_fraction}")
     if plant_test_trap and n_test < 2:
         raise ValueError("the test trap needs n_test >= 2 (one study listed, one left out of test.csv)")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2022]))
@@ -103,8 +105,8 @@ def plan_dataset(n_train: int, n_test: int, size: str, seed: int, seg_fraction: 
     labels = [draw_fractured_vertebrae(rng) for _ in range(n_train + n_test)]
     with_mask = set(rng.choice(n_train, size=int(round(seg_fraction * n_train)), replace=False).tolist()) if n_train else set()
     fractured_train = [i for i in range(n_train) if labels[i]]
-    n_boxes = int(round(BOX_FRACTION * len(fractured_train)))
-    if fractured_train and n_boxes == 0:
+    n_boxes = int(round(box_fraction * len(fractured_train)))
+    if fractured_train and n_boxes == 0 and box_fraction > 0:
         n_boxes = 1
     with_boxes = set(rng.choice(fractured_train, size=n_boxes, replace=False).tolist()) if fractured_train else set()
     tasks = []
@@ -121,15 +123,17 @@ def plan_dataset(n_train: int, n_test: int, size: str, seed: int, seg_fraction: 
 
 def generate_dataset(out: Path, n_train: int, n_test: int, size: str = "demo", seed: int = 0,
                      seg_fraction: float = 0.35, overwrite: bool = False, plant_test_trap: bool = False,
-                     progress: bool = True, workers: int = 2) -> dict:
+                     progress: bool = True, workers: int = 2, box_fraction: float = BOX_FRACTION) -> dict:
     """Write the dataset to ``out`` and return a summary (also saved as ``synth_summary.json``).
+
+    ``box_fraction`` is the share of fractured training studies given train_bounding_boxes.csv rows.
 
     ``plant_test_trap`` mirrors the real public test set: test.csv names one study that
     test_images lacks, and test_images holds one study test.csv does not name.
     """
     started = time.perf_counter()
     out = Path(out)
-    tasks, trap = plan_dataset(n_train, n_test, size, seed, seg_fraction, plant_test_trap)
+    tasks, trap = plan_dataset(n_train, n_test, size, seed, seg_fraction, plant_test_trap, box_fraction)
     _prepare_out(out, overwrite)
     for task in tasks:
         task["out"] = str(out)

@@ -72,7 +72,7 @@ def explain_study(model, crops, uid: str, volume: np.ndarray, meta: dict, plans:
     if "attention" not in out:
         raise ValueError(f"model {type(model).__name__} gives no attention output: only a vertebra classifier "
                          f"with attention pooling (effnet_gru) can be explained")
-    positions = np.stack([crops.sampled_positions(meta, used[v]) for v in VERTEBRAE])
+    positions = np.stack([crops.positions(meta, used[v]) for v in VERTEBRAE])
     numbers = np.asarray(meta["slice_numbers"])[positions]
     shown = images[0, :, :, centre_channel(crops)].float().cpu().numpy()
     return StudyExplanation(

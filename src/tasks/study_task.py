@@ -30,6 +30,22 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -50, 50)))
 
 
+def exclude_studies(labels: pd.DataFrame, uids, announce=print) -> pd.DataFrame:
+    """``labels`` without the studies of ``exclude_studies`` (known-broken ones), saying which were dropped
+    and from which folds; UIDs that are not in the labels are named too, so a typo does not pass unseen."""
+    uids = [str(u) for u in uids]
+    if not uids:
+        return labels
+    dropped = labels[labels["StudyInstanceUID"].isin(uids)]
+    absent = sorted(set(uids) - set(dropped["StudyInstanceUID"]))
+    if len(dropped):
+        where = ", ".join(f"{u} (fold {f})" for u, f in zip(dropped["StudyInstanceUID"], dropped.get("fold", ["?"] * len(dropped))))
+        announce(f"[data] exclude_studies: left out {len(dropped)} stud{'y' if len(dropped) == 1 else 'ies'}: {where}")
+    if absent:
+        announce(f"[data] exclude_studies: {len(absent)} listed UID(s) are not in the labels: {', '.join(absent)}")
+    return labels[~labels["StudyInstanceUID"].isin(uids)].reset_index(drop=True)
+
+
 class StudyClassificationTask:
     monitor = "score"
     mode = "min"
@@ -42,6 +58,7 @@ class StudyClassificationTask:
         self.announce = announce
         self.settings = model_settings(cfg)  # the section the model declares (its class's ``settings``)
         labels = read_labels(data_dir).merge(folds[["StudyInstanceUID", "fold"]], on="StudyInstanceUID")
+        labels = exclude_studies(labels, cfg.get("exclude_studies") or [], announce)
         cached = set(cached_uids(cache_dir, SPLIT))
         absent = labels.loc[~labels["StudyInstanceUID"].isin(cached), "StudyInstanceUID"]
         if len(absent):

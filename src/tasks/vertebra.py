@@ -15,6 +15,13 @@ augmentation per vertebra (src/data/augment.py), the same for all its slices.
 One item per study keeps training on the competition loss exactly, patient_overall included, and lets
 validation write one out-of-fold row per study. A study missing from the table, or with unusable rows,
 is still predicted: its vertebrae fall back to even slices of the whole study and the full slice.
+
+Opt-in extras (issue 18, all off by default): ``mask_channel`` appends the target vertebra's mask on each
+sampled slice as one more channel (the cached segmentation where the study has one, else the
+localisation box on the slices of its range); ``order_jitter`` swaps neighbouring sampled slices in
+training; ``aux_loss_weight`` > 0 gives every training item per-slice targets (:func:`slice_targets`):
+which vertebrae each sampled slice shows and, where ``train_bounding_boxes.csv`` says so, whether it shows
+the fracture.
 """
 from __future__ import annotations
 
@@ -77,6 +84,72 @@ def neighbour_indices(positions: np.ndarray, neighbours: int, step: int, n_volum
     return np.clip(positions[:, None] + offsets[None, :], 0, n_volume_slices - 1)
 
 
+def jitter_order(n: int, prob: float, generator: torch.Generator | None = None) -> np.ndarray:
+    """A permutation of 0..n-1 that swaps each neighbouring pair with probability ``prob`` (left to right,
+    a slice moves at most one place): the slice-order jitter of training, drawn from torch's RNG."""
+    order = np.arange(n)
+    if prob <= 0 or n < 2:
+        return order
+    draws = torch.rand(n - 1, generator=generator).numpy()
+    i = 0
+    while i < n - 1:
+        if draws[i] < prob:
+            order[i], order[i + 1] = order[i + 1], order[i]
+            i += 2  # a swapped pair is left alone: no slice travels further than one place
+        else:
+            i += 1
+    return order
+
+
+def vertebra_presence(positions: np.ndarray, slice_numbers, plans: dict[str, tuple],
+                      mask: np.ndarray | None = None) -> np.ndarray:
+    """(N, 7) float32: 1 where the sampled slice shows that vertebra. From the mask's labels on the slice
+    when the study is segmented, else from the localisation rows' slice ranges (a vertebra without a
+    row is absent)."""
+    out = np.zeros((len(positions), len(VERTEBRAE)), dtype=np.float32)
+    if mask is not None:
+        for i, p in enumerate(positions):
+            present = np.unique(np.asarray(mask[int(p)]))
+            present = present[(present >= 1) & (present <= len(VERTEBRAE))]
+            out[i, present.astype(int) - 1] = 1.0
+        return out
+    numbers = np.asarray(slice_numbers, dtype=float)[np.asarray(positions, dtype=int)]
+    for k, v in enumerate(VERTEBRAE):
+        if v in plans:
+            lo, hi = sorted(plans[v][:2])
+            out[:, k] = (numbers >= lo) & (numbers <= hi)
+    return out
+
+
+def fracture_slices(positions: np.ndarray, slice_numbers, plan: tuple, fractured: bool,
+                    box_slices: np.ndarray | None) -> np.ndarray:
+    """(N,) float32 per sampled slice of one vertebra: 1 inside the slice range of the study's fracture boxes
+    that fall in this vertebra's range, 0 outside it, 0 everywhere for an intact vertebra, and -1 (not
+    supervised) for a fractured vertebra that no box falls in (boxes cover only some fractured studies)."""
+    numbers = np.asarray(slice_numbers, dtype=float)[np.asarray(positions, dtype=int)]
+    if not fractured:
+        return np.zeros(len(numbers), dtype=np.float32)
+    boxes = np.asarray(box_slices if box_slices is not None else [], dtype=float)
+    lo, hi = sorted(plan[:2])
+    boxes = boxes[(boxes >= lo) & (boxes <= hi)]
+    if not len(boxes):
+        return np.full(len(numbers), -1.0, dtype=np.float32)
+    return ((numbers >= boxes.min()) & (numbers <= boxes.max())).astype(np.float32)
+
+
+def read_box_slices(path: Path) -> dict[str, np.ndarray]:
+    """uid -> the slice numbers of its fracture boxes, from ``train_bounding_boxes.csv`` (docs/data.md).
+    A missing file means no boxes (every fractured vertebra then goes unsupervised per slice), said once."""
+    path = Path(path)
+    if not path.exists():
+        warnings.warn(f"no {path}: per-slice fracture targets are left unsupervised for every fractured vertebra")
+        return {}
+    boxes = pd.read_csv(path, dtype={"StudyInstanceUID": str})
+    if not {"StudyInstanceUID", "slice_number"} <= set(boxes.columns):
+        raise ValueError(f"{path}: needs columns StudyInstanceUID and slice_number (docs/data.md)")
+    return {uid: group["slice_number"].to_numpy(float) for uid, group in boxes.groupby("StudyInstanceUID")}
+
+
 def square_box(x0: float, y0: float, x1: float, y1: float, margin: float, min_side: float = 8.0) -> tuple[int, int, int, int]:
     """A square (x0, y0, x1, y1), integer pixels, around the box's centre: its longer side widened by
     ``margin`` on each side. Square so that resizing keeps the bone's shape; it may reach outside the slice."""
@@ -132,9 +205,11 @@ def fallback_plan(meta: dict, vertebra: str) -> tuple:
 
 class VertebraCrops:
     """A study's arrays -> per vertebra (N, C, S, S) float32 in [0, 1]: ``n_slices`` crops sampled over its
-    range, ``C`` = (2 * neighbours + 1) x windows, neighbour-major; ``S`` = crop_size.
+    range, ``C`` = (2 * neighbours + 1) x windows, neighbour-major, plus one last channel with the target
+    vertebra's mask when ``mask_channel`` is set; ``S`` = crop_size.
 
-    ``train`` jitters the sampled slices and draws one augmentation per vertebra, from torch's RNG.
+    ``train`` jitters the sampled slices (and their order, with ``order_jitter``) and draws one augmentation
+    per vertebra, from torch's RNG.
     """
 
     def __init__(self, settings, windows, train: bool = False):
@@ -144,6 +219,8 @@ class VertebraCrops:
         self.neighbour_step = int(settings.get("neighbour_step", 1))
         self.crop_size = int(settings["crop_size"])
         self.margin = float(settings["margin"])
+        self.mask_channel = bool(settings.get("mask_channel", False))
+        self.order_jitter = float(settings.get("order_jitter", 0.0)) if train else 0.0
         self.train = train
         self.transform = None
         if train and float(settings.get("augment", 1.0)) > 0:
@@ -153,17 +230,24 @@ class VertebraCrops:
 
     @property
     def channels(self) -> int:
-        return (2 * self.neighbours + 1) * len(self.windows)
+        return (2 * self.neighbours + 1) * len(self.windows) + int(self.mask_channel)
 
-    def sampled_positions(self, meta: dict, plan: tuple) -> np.ndarray:
-        """The ``n_slices`` volume indices sampled over the plan's slice range (jittered when training)."""
+    def positions(self, meta: dict, plan: tuple) -> np.ndarray:
+        """The ``n_slices`` volume indices sampled for one vertebra (jittered in training)."""
         first, last = slice_range_indices(meta["slice_numbers"], plan[0], plan[1])
-        return sample_positions(first, last, self.n_slices, jitter=0.5 if self.train else 0.0)
+        positions = sample_positions(first, last, self.n_slices, jitter=0.5 if self.train else 0.0)
+        if self.order_jitter > 0:
+            positions = positions[jitter_order(len(positions), self.order_jitter)]
+        return positions
 
-    def vertebra_stack(self, volume: np.ndarray, meta: dict, plan: tuple, out: np.ndarray | None = None) -> np.ndarray:
-        """(N, C, S, S) float32 for one vertebra of a study, written into ``out`` when given."""
-        _, _, x0, y0, x1, y1 = plan
-        positions = self.sampled_positions(meta, plan)
+    def vertebra_stack(self, volume: np.ndarray, meta: dict, plan: tuple, out: np.ndarray | None = None,
+                       positions: np.ndarray | None = None, vertebra: str | None = None,
+                       mask: np.ndarray | None = None) -> np.ndarray:
+        """(N, C, S, S) float32 for one vertebra of a study, written into ``out`` when given. ``vertebra``
+        and the study's ``mask`` (or None) feed the mask channel."""
+        slice_min, slice_max, x0, y0, x1, y1 = plan
+        if positions is None:
+            positions = self.positions(meta, plan)
         index = neighbour_indices(positions, self.neighbours, self.neighbour_step, volume.shape[0])
         # original slice pixels -> cached grid (prepare may have resized the slices)
         rows, cols = meta.get("original_shape", volume.shape[1:])
@@ -178,35 +262,80 @@ class VertebraCrops:
         slices = resize_stack(channels.transpose(1, 0, 2, 3).reshape(-1, h, w), size).reshape(k, -1, size, size)
         if out is None:
             out = np.empty((self.n_slices, self.channels, size, size), dtype=np.float32)
+        images = out[:, :out.shape[1] - int(self.mask_channel)]
         # (N*(2k+1), W, S, S) gathered straight into the item (at 384 px a study's item is half a gigabyte:
         # every copy counts); mode="clip" because "raise" would gather into a temporary first
-        np.take(slices, inverse.reshape(-1), axis=0, out=out.reshape(-1, *slices.shape[1:]), mode="clip")
+        if self.mask_channel:
+            images[...] = slices[inverse.reshape(-1)].reshape(images.shape)  # a strided view: no out= gather
+            target = target_mask(volume.shape, meta, plan, positions, VERTEBRAE.index(vertebra), mask)
+            out[:, -1] = resize_stack(crop_padded(target, box, fill=0.0), size)
+        else:
+            np.take(slices, inverse.reshape(-1), axis=0, out=out.reshape(-1, *slices.shape[1:]), mode="clip")
         if self.transform is not None:
             from ..data.augment import augment_stack
 
-            out[...] = augment_stack(out.reshape(-1, size, size), self.transform).reshape(out.shape)
+            if self.mask_channel:
+                image, moved = augment_stack(np.ascontiguousarray(images).reshape(-1, size, size), self.transform,
+                                             mask=np.ascontiguousarray(out[:, -1]))
+                images[...] = image.reshape(images.shape)
+                out[:, -1] = moved
+            else:
+                out[...] = augment_stack(out.reshape(-1, size, size), self.transform).reshape(out.shape)
         return out
 
-    def study_stacks(self, volume: np.ndarray, meta: dict, plans: dict[str, tuple], vertebrae=VERTEBRAE) -> np.ndarray:
-        """(len(vertebrae), N, C, S, S); a vertebra without a plan takes :func:`fallback_plan`."""
+    def study_stacks(self, volume: np.ndarray, meta: dict, plans: dict[str, tuple], vertebrae=VERTEBRAE,
+                     mask: np.ndarray | None = None, positions_out: list | None = None) -> np.ndarray:
+        """(len(vertebrae), N, C, S, S); a vertebra without a plan takes :func:`fallback_plan`. The sampled
+        volume indices of each vertebra are appended to ``positions_out`` when given."""
         size = self.crop_size
         out = np.empty((len(vertebrae), self.n_slices, self.channels, size, size), dtype=np.float32)
         for i, v in enumerate(vertebrae):
-            self.vertebra_stack(volume, meta, plans.get(v) or fallback_plan(meta, v), out=out[i])
+            plan = plans.get(v) or fallback_plan(meta, v)
+            positions = self.positions(meta, plan)
+            self.vertebra_stack(volume, meta, plan, out=out[i], positions=positions, vertebra=v, mask=mask)
+            if positions_out is not None:
+                positions_out.append(positions)
         return out
 
 
+def target_mask(shape: tuple, meta: dict, plan: tuple, positions: np.ndarray, vertebra_index: int,
+                mask: np.ndarray | None) -> np.ndarray:
+    """(N, H, W) float32 on the cached grid: the target vertebra on each sampled slice. The segmentation's
+    label where the study has one, else its localisation box on the slices of its range (1 inside)."""
+    positions = np.asarray(positions, dtype=int)
+    if mask is not None:
+        return (np.asarray(mask[positions]) == vertebra_index + 1).astype(np.float32)
+    slice_min, slice_max, x0, y0, x1, y1 = plan
+    rows, cols = meta.get("original_shape", shape[1:])
+    sy, sx = shape[1] / rows, shape[2] / cols
+    out = np.zeros((len(positions), shape[1], shape[2]), dtype=np.float32)
+    numbers = np.asarray(meta["slice_numbers"], dtype=float)[positions]
+    lo, hi = sorted((slice_min, slice_max))
+    inside = (numbers >= lo) & (numbers <= hi)
+    r0, r1 = max(0, int(np.floor(y0 * sy))), min(shape[1], int(np.ceil(y1 * sy)))
+    c0, c1 = max(0, int(np.floor(x0 * sx))), min(shape[2], int(np.ceil(x1 * sx)))
+    out[inside, r0:r1, c0:c1] = 1.0
+    return out
+
+
 class VertebraDataset(torch.utils.data.Dataset):
-    """One item per cached study: {"images": (7, N, C, S, S) float32 in [0, 1], "labels": (8,) when labelled}."""
+    """One item per cached study: {"images": (7, N, C, S, S) float32 in [0, 1], "labels": (8,) when labelled}.
+
+    With ``box_slices`` (uid -> fracture box slice numbers; training with ``aux_loss_weight`` > 0) and
+    labels, items also carry the per-slice targets: "slice_vertebrae" (7, N, 7) and "slice_fracture"
+    (7, N), -1 where not supervised (see :func:`vertebra_presence`, :func:`fracture_slices`).
+    """
 
     def __init__(self, cache_dir: Path, study_uids, table: pd.DataFrame, settings: dict, windows,
-                 labels: np.ndarray | None = None, split: str = SPLIT, train: bool = False):
+                 labels: np.ndarray | None = None, split: str = SPLIT, train: bool = False,
+                 box_slices: dict[str, np.ndarray] | None = None):
         self.cache_dir = Path(cache_dir)
         self.study_uids = [str(u) for u in study_uids]
         self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
         self.split = split
         self.crops = VertebraCrops(settings, windows, train)
         self.plans = study_plans(table)
+        self.box_slices = box_slices if self.labels is not None else None
         unplanned = [u for u in self.study_uids if len(self.plans.get(u, {})) < len(VERTEBRAE)]
         if unplanned:
             warnings.warn(f"{len(unplanned)} of {len(self.study_uids)} studies lack some localisation rows "
@@ -215,14 +344,35 @@ class VertebraDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.study_uids)
 
+    def item(self, index: int, vertebrae=VERTEBRAE) -> dict:
+        """{"images": (len(vertebrae), N, C, S, S)} for the study at ``index``, with the per-slice targets
+        when this dataset makes them."""
+        uid = self.study_uids[index]
+        targets = self.box_slices is not None
+        study = load_study(self.cache_dir, self.split, uid, with_mask=targets or self.crops.mask_channel)
+        plans = self.plans.get(uid, {})
+        positions: list = []
+        stacks = self.crops.study_stacks(study.volume, study.meta, plans, vertebrae, mask=study.mask,
+                                         positions_out=positions)
+        item = {"images": torch.from_numpy(stacks)}
+        if targets:
+            numbers = study.meta["slice_numbers"]
+            presence, fracture = [], []
+            for v, sampled in zip(vertebrae, positions):
+                presence.append(vertebra_presence(sampled, numbers, plans, study.mask))
+                fracture.append(fracture_slices(sampled, numbers, plans.get(v) or fallback_plan(study.meta, v),
+                                                bool(self.labels[index, 1 + VERTEBRAE.index(v)] > 0.5),
+                                                self.box_slices.get(uid)))
+            item["slice_vertebrae"] = torch.from_numpy(np.stack(presence))
+            item["slice_fracture"] = torch.from_numpy(np.stack(fracture))
+        return item
+
     def stacks(self, index: int, vertebrae=VERTEBRAE) -> np.ndarray:
         """(len(vertebrae), N, C, S, S) for the study at ``index``."""
-        uid = self.study_uids[index]
-        study = load_study(self.cache_dir, self.split, uid, with_mask=False)
-        return self.crops.study_stacks(study.volume, study.meta, self.plans.get(uid, {}), vertebrae)
+        return self.item(index, vertebrae)["images"].numpy()
 
     def __getitem__(self, index: int) -> dict:
-        item = {"images": torch.from_numpy(self.stacks(index))}
+        item = self.item(index)
         if self.labels is not None:
             item["labels"] = torch.from_numpy(self.labels[index].copy())
         return item
@@ -262,8 +412,8 @@ class VertebraSampleDataset(torch.utils.data.Dataset):
         else:
             study, vertebra = self.negatives[int(torch.randint(len(self.negatives), ()))]
             label, weight = 0.0, self.negative_weight
-        stack = self.studies.stacks(int(study), [VERTEBRAE[int(vertebra)]])[0]
-        return {"images": torch.from_numpy(stack), "vertebra": torch.tensor(int(vertebra)),
+        item = {key: value[0] for key, value in self.studies.item(int(study), [VERTEBRAE[int(vertebra)]]).items()}
+        return {**item, "vertebra": torch.tensor(int(vertebra)),
                 "vertebra_label": torch.tensor(label), "vertebra_weight": torch.tensor(weight, dtype=torch.float32)}
 
 
@@ -279,11 +429,18 @@ class VertebraTask(StudyClassificationTask):
     def __init__(self, cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, announce=print):
         super().__init__(cfg, data_dir, cache_dir, folds, announce)
         self.table = read_table(localisation_path(cfg, self.cache_dir), complete=False)
+        self._box_slices = None
 
     def make_dataset(self, frame: pd.DataFrame, train: bool):
         settings = self.settings
+        box_slices = None
+        if train and float(settings.get("aux_loss_weight", 0.0)) > 0:  # per-slice targets: training items only
+            if self._box_slices is None:
+                self._box_slices = read_box_slices(self.data_dir / "train_bounding_boxes.csv")
+            box_slices = self._box_slices
         studies = VertebraDataset(self.cache_dir, frame["StudyInstanceUID"], self.table, settings,
-                                  self.cfg["windows"], labels=frame[TARGETS].to_numpy(np.float32), train=train)
+                                  self.cfg["windows"], labels=frame[TARGETS].to_numpy(np.float32), train=train,
+                                  box_slices=box_slices)
         if train and settings["train_unit"] == "vertebra":
             return VertebraSampleDataset(studies, float(settings["negatives_per_positive"]))
         return studies  # validation always predicts whole studies: one oof row each

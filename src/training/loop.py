@@ -36,7 +36,7 @@ from .. import locks
 from ..config import save_config
 from ..io_utils import atomic_write_csv, atomic_write_json, remove_stale_temporaries
 from ..models.registry import get_model_class, model_family
-from . import distributed
+from . import distributed, top_k
 from ..models.checkpoint import load_checkpoint, load_model_state, model_state
 from .checkpoint import rng_state, save_checkpoint, set_rng_state
 from .device import autocast_for, pick_device, place_model, to_device, tune_backends
@@ -364,6 +364,9 @@ def _validate(run: Training, epoch: int, train_loss: float, lr: float, started: 
         if improved:
             run.best_value, run.best_epoch = metrics[run.monitor], epoch
             save_checkpoint(run.best_path, **run.checkpoint(epoch, streams))
+        if cfg.get("average_top_k", 0) > 1:
+            top_k.keep_epoch(run.folder, cfg["average_top_k"], epoch, metrics[run.monitor], run.sign,
+                             model_state(run.judged))
     if cfg["save_every_epoch"] or epoch == cfg["epochs"] - 1:
         if ctx.is_main:
             save_checkpoint(run.last_path, **run.checkpoint(epoch, streams))
@@ -380,6 +383,13 @@ def _finish(run: Training, announce) -> dict:
     the task's figures, the W&B summary, and metrics.json last (its presence marks the run finished)."""
     cfg, main = run.cfg, distributed.current().is_main
     distributed.wait()  # rank 0 has written best.pt
+    averaged = []
+    if main and cfg.get("average_top_k", 0) > 1:
+        averaged = top_k.average_into_best(run.folder, run.best_path)
+        if averaged:
+            announce(f"[top-k] best.pt now holds the mean weights of epochs {averaged} "
+                     f"(the single best epoch: {top_k.SINGLE})")
+    distributed.wait()
     state = load_checkpoint(run.best_path, map_location=run.device)
     load_model_state(run.judged, state["model"])
     _, outputs = predict(run.eval_net, run.val_loader, run.device, run.autocast, cfg["channels_last"])
@@ -387,6 +397,8 @@ def _finish(run: Training, announce) -> dict:
     if main:
         metrics, oof = judge(run.task, outputs, run.val_set, run.judged)
         metrics = {run.monitor: metrics[run.monitor], **metrics, "best_epoch": state["epoch"], "n_val": len(run.val_set)}
+        if state.get("averaged_epochs"):
+            metrics["averaged_epochs"] = list(state["averaged_epochs"])
         files = [run.folder / FINISHED_MARKER]
         if oof is not None:
             atomic_write_csv(run.folder / "oof.csv", oof)

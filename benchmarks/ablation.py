@@ -1,0 +1,194 @@
+"""Which stage-2 ingredients earn their place? The default experiment trained with each switched on, on the
+same folds and seeds, in one table.
+
+    python benchmarks/ablation.py                                          # demo data, folds 0 and 1, all ingredients
+    python benchmarks/ablation.py --folds 0 --ingredients aux mixup -- epochs=3   # key=value overrides after --
+    python benchmarks/ablation.py --data-dir /tmp/synth2 --synth seed=7 seg_fraction=0.3 box_fraction=0.15
+    python benchmarks/ablation.py --report-only                            # the table from runs already there
+
+Each variant is ``bash train.sh``'s default experiment (configs/effnet_gru.yaml, its demo profile on
+synthetic data) with the overrides of one ingredient (:data:`INGREDIENTS`), trained by ``python -m src.train``
+(niced, one at a time: the folds, seeds and data order are the config's, the same for every variant) into
+``<runs-dir>/ablation_<variant>/fold<k>/``; ``base`` has none and ``all`` every training ingredient. A run
+already finished is not trained again, so a stopped ablation continues where it stopped.
+``patient`` trains nothing: it is the patient-level model of src/ensembling/patient.py (logistic on the
+seven vertebra logits) fitted on the base variant's out-of-fold rows and scored by nested CV, over the
+folds given (with one fold, over 5 random groups of its studies) exactly as ``src.ensemble`` judges it.
+
+The table: per variant and fold, the held-out competition score (lower is better), patient_overall's and
+each vertebra's log loss and the mean AUC of the eight targets, then the mean over the folds and its
+difference from ``base``. ``--synth KEY=VALUE ...`` first writes a second synthetic dataset at
+``--data-dir`` (python -m src.synthesise with those options, e.g. another seed, seg_fraction, fewer boxes) when it holds
+none; src.train then builds its cache, folds, localiser and localisation table as for the demo.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# variant -> the config overrides that switch it on (the 1st/4th/5th-place settings, issue 18)
+INGREDIENTS = {
+    "aux": ["effnet_gru.aux_loss_weight=0.25"],
+    "mask": ["effnet_gru.mask_channel=true"],
+    "order_jitter": ["effnet_gru.order_jitter=0.2"],
+    "mixup": ["effnet_gru.mixup_prob=0.5"],
+    "top_k": ["average_top_k=5"],
+}
+POST_HOC = ("patient",)  # computed from base's oof rows, no training
+
+
+def variant_overrides(variant: str) -> list[str]:
+    if variant == "base":
+        return []
+    if variant == "all":
+        return [o for name in INGREDIENTS for o in INGREDIENTS[name]]
+    return list(INGREDIENTS[variant])
+
+
+def train_variant(variant: str, fold: int, common: list[str], nice: int, log_dir: Path) -> None:
+    """``python -m src.train`` for one variant and fold (skipped when its metrics.json exists)."""
+    args = [f"experiment=ablation_{variant}", f"fold={fold}", *common, *variant_overrides(variant)]
+    command = [sys.executable, "-m", "src.train", *args]
+    if nice:
+        command = ["nice", "-n", str(nice), *command]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{variant}_fold{fold}.log"
+    print(f"[ablation] {variant} fold {fold}: {' '.join(args)} (log {log})", flush=True)
+    with open(log, "w") as out:
+        code = subprocess.call(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                               env={**os.environ, "WANDB_MODE": "disabled"})
+    if code != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise SystemExit(f"[ablation] {variant} fold {fold} failed (exit {code}); the end of {log}:\n{tail}")
+
+
+def row_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
+    """score, patient_overall and per-vertebra log loss, mean AUC over the eight targets."""
+    from src import TARGETS
+    from src.metric import competition_score, per_target_auc, per_target_log_loss
+
+    losses = per_target_log_loss(labels, probs)
+    aucs = [v for v in per_target_auc(labels, probs).values() if v == v]  # NaN where a target has one class
+    row = {"score": competition_score(labels, probs), "patient_ll": losses[TARGETS[0]]}
+    row.update({f"{t}_ll": losses[t] for t in TARGETS[1:]})
+    row["auc"] = float(np.mean(aucs)) if aucs else float("nan")
+    return row
+
+
+def read_oof(runs_dir: Path, variant: str, fold: int, truth: pd.DataFrame):
+    """(labels, probs) of one variant's fold, in the oof file's study order; None if it is not trained."""
+    from src import TARGETS
+
+    path = runs_dir / f"ablation_{variant}" / f"fold{fold}" / "oof.csv"
+    if not path.exists():
+        return None
+    oof = pd.read_csv(path, dtype={"StudyInstanceUID": str})
+    labels = truth.set_index("StudyInstanceUID").loc[oof["StudyInstanceUID"], TARGETS].to_numpy(float)
+    return labels, oof[TARGETS].to_numpy(float)
+
+
+def patient_rows(runs_dir: Path, folds: list[int], truth: pd.DataFrame) -> list[dict]:
+    """The logistic patient model on base's oof rows, judged by nested CV (src/ensembling/patient.py)."""
+    from src.ensembling.patient import apply, fit, nested_cv
+    from src.ensembling.weights import split_groups
+
+    parts = [(k, read_oof(runs_dir, "base", k, truth)) for k in folds]
+    parts = [(k, p) for k, p in parts if p is not None]
+    if not parts:
+        return []
+    labels = np.concatenate([p[0] for _, p in parts])
+    probs = np.concatenate([p[1] for _, p in parts])
+    fold_of = np.concatenate([np.full(len(p[0]), k) for k, p in parts])
+    groups = fold_of if len(parts) > 1 else split_groups(len(labels), 5, seed=0)
+    nested = nested_cv(labels, probs, groups)
+    rows = []
+    for k, _ in parts:
+        held = fold_of == k
+        # each study's prediction from the model fitted without its group
+        predicted = np.empty_like(probs)
+        for g in np.unique(groups):
+            inside = groups == g
+            predicted[inside] = apply(probs[inside], "logistic", fit(labels[~inside], probs[~inside], "logistic"))
+        rows.append({"variant": "patient", "fold": k, **row_metrics(labels[held], predicted[held])})
+    print(f"[ablation] patient model nested CV (mean over {len(np.unique(groups))} groups): "
+          + ", ".join(f"{m} {nested[m]['score']:.4f}" for m in ("keep", "noisy_or", "max", "logistic")))
+    return rows
+
+
+def table(runs_dir: Path, variants: list[str], folds: list[int], truth: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for variant in variants:
+        if variant in POST_HOC:
+            rows.extend(patient_rows(runs_dir, folds, truth))
+            continue
+        for fold in folds:
+            found = read_oof(runs_dir, variant, fold, truth)
+            if found is not None:
+                rows.append({"variant": variant, "fold": fold, **row_metrics(*found)})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    means = frame.groupby("variant", sort=False).mean(numeric_only=True).reset_index().assign(fold="mean")
+    base = means.loc[means["variant"] == "base", "score"]
+    means["vs_base"] = means["score"] - (float(base.iloc[0]) if len(base) else np.nan)
+    return pd.concat([frame, means], ignore_index=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every variant (after --)")
+    parser.add_argument("--data-dir", default="", help="data to train on (default: the config's, i.e. the demo)")
+    parser.add_argument("--runs-dir", default="runs/ablation", help="where the variants' run folders go")
+    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--ingredients", nargs="+", default=[*INGREDIENTS, "all", *POST_HOC],
+                        choices=[*INGREDIENTS, "all", *POST_HOC], help="variants besides base")
+    parser.add_argument("--synth", nargs="*", default=None,
+                        help="write a synthetic dataset at --data-dir first, with these python -m src.synthesise KEY=VALUE options")
+    parser.add_argument("--nice", type=int, default=10, help="niceness of the training processes (0: none)")
+    parser.add_argument("--report-only", action="store_true", help="train nothing; the table from finished runs")
+    parser.add_argument("--csv", default="", help="also write the table here")
+    args = parser.parse_args()
+
+    from src.config import load_config
+    from src.data.folds import read_labels
+
+    runs_dir = Path(args.runs_dir).resolve()
+    common = [f"runs_dir={runs_dir}", "wandb.mode=disabled", "progress=false", *args.overrides]
+    if args.data_dir:
+        common.insert(0, f"data_dir={Path(args.data_dir).resolve()}")
+        if args.synth is not None and not (Path(args.data_dir) / "train.csv").exists():
+            command = [sys.executable, "-m", "src.synthesise", f"out={Path(args.data_dir).resolve()}", *args.synth]
+            print(f"[ablation] writing a synthetic dataset: {' '.join(command[2:])}", flush=True)
+            subprocess.check_call((["nice", "-n", str(args.nice)] if args.nice else []) + command, cwd=ROOT)
+    variants = ["base", *[v for v in args.ingredients if v != "base"]]
+    if not args.report_only:
+        for fold in args.folds:
+            for variant in variants:
+                if variant in POST_HOC or (runs_dir / f"ablation_{variant}" / f"fold{fold}" / "metrics.json").exists():
+                    continue
+                train_variant(variant, fold, common, args.nice, runs_dir / "logs")
+    cfg = load_config([a for a in common if not a.startswith(("progress=", "wandb."))])
+    from src.data.demo import resolve_data_dir
+
+    truth = read_labels(resolve_data_dir(cfg, announce=lambda *a, **k: None))
+    result = table(runs_dir, variants, args.folds, truth)
+    if result.empty:
+        raise SystemExit("[ablation] no finished variant to report")
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.4f}".format):
+        print(result.to_string(index=False))
+    if args.csv:
+        result.to_csv(args.csv, index=False)
+        print(f"[ablation] wrote {args.csv}")
+
+
+if __name__ == "__main__":
+    main()
