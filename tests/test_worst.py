@@ -58,3 +58,22 @@ def test_the_tables_flags_are_counted_once_per_study():
     levels = pd.DataFrame({"StudyInstanceUID": ["a"] * 7 + ["b"] * 7 + ["c"] * 7,
                            "level_flag": [True] * 7 + [False] * 14, "level_repaired": [False] * 14 + [True] * 7})
     assert level_counts(levels) == "2 of 3 studies of the localisation table fail the level checks, 1 of them repaired"
+
+
+def test_each_worst_study_links_the_picture_its_fold_drew_or_the_command_that_draws_it(tmp_path):
+    from src.reporting.worst import with_pictures
+
+    uids, labels, probs = constructed_oof()
+    folds = []
+    for fold, held_out in ((0, ["a", "b"]), (1, ["c"])):
+        path = tmp_path / "effnet_gru" / f"fold{fold}"
+        (path / "explanations").mkdir(parents=True)
+        pd.DataFrame({"StudyInstanceUID": held_out}).to_csv(path / "oof.csv", index=False)
+        folds.append(SimpleNamespace(fold=fold, path=path))
+    (folds[0].path / "explanations" / "b.png").write_bytes(b"png")
+    worst = with_pictures(worst_studies(uids, labels, probs, n=2), folds)
+    assert list(worst["fold"]) == [0, 1]
+    assert worst["picture"].iloc[0] == folds[0].path / "explanations" / "b.png" and worst["picture"].iloc[1] is None
+    text = worst_section(SimpleNamespace(worst={"effnet_gru": worst}), tmp_path / "report.md")
+    assert "[png](effnet_gru/fold0/explanations/b.png)" in text
+    assert "`python -m src.explain run=effnet_gru study=c fold=1`" in text

@@ -15,7 +15,7 @@ from .. import TARGETS
 from .oof import labelled_oof, oof_cv
 from .runs import EnsembleCV, FoldRun, find_ensemble_cv, find_runs
 from .tables import classifier_leaderboard, fold_matrix, localiser_table, uneven_folds, unfinished
-from .worst import level_counts, run_levels, worst_studies
+from .worst import level_counts, run_levels, with_pictures, worst_studies
 
 
 @dataclass
@@ -55,8 +55,9 @@ def build_report(runs_dir: Path, truth: Path | None = None) -> Report:
                 notes.append(f"{experiment}: worst studies without level flags: {why}")
             elif not level_summary:
                 level_summary = level_counts(levels)
-            worst[experiment] = worst_studies(oof["StudyInstanceUID"].to_numpy(), labels,
-                                              oof[list(TARGETS)].to_numpy(float), levels=levels)
+            worst[experiment] = with_pictures(worst_studies(oof["StudyInstanceUID"].to_numpy(), labels,
+                                                            oof[list(TARGETS)].to_numpy(float), levels=levels),
+                                              group)
     table["oof_cv"] = [s.score for s in scored]
     table["oof_studies"] = [s.n_studies for s in scored]
     table["oof_note"] = [s.note for s in scored]

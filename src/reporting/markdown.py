@@ -99,15 +99,17 @@ def ensemble_section(report: Report) -> str:
     return "## Ensemble\n\n" + line
 
 
-def worst_section(report: Report) -> str:
-    """Each classifier's costliest held-out studies (src/reporting/worst.py)."""
+def worst_section(report: Report, markdown_path: Path | None = None) -> str:
+    """Each classifier's costliest held-out studies (src/reporting/worst.py), linked to their explanation
+    pictures where training drew one (else the command that draws it)."""
     if not report.worst:
         return ""
     parts = ["## Worst held-out studies",
              "Per experiment, the out-of-fold studies with the highest loss (their mean over all studies is the "
              "oof CV); share: of the sum over all its studies; costly targets: label, prediction and the "
              "target's part of the loss; levels: whether the localisation failed the level checks "
-             "(src/localisation/levels.py), with its level confidence."]
+             "(src/localisation/levels.py), with its level confidence; picture: what the model saw "
+             "(crops, attention, reformats), or the command that draws it."]
     if getattr(report, "level_summary", ""):
         parts.append(report.level_summary + ".")
     for experiment, worst in report.worst.items():
@@ -115,8 +117,16 @@ def worst_section(report: Report) -> str:
         for r in worst.itertuples(index=False):
             levels = "-" if r.level_flag is None or pd.isna(r.level_flag) else (
                 f"{'flagged' if r.level_flag else 'ok'} ({r.level_confidence:.2f})")
-            rows.append([r.StudyInstanceUID, _num(r.loss, 3), f"{100 * r.share:.1f}%", r.costly, levels])
-        parts += [f"### {experiment}", table(["study", "loss", "share", "costly targets", "levels"], rows)]
+            picture = getattr(r, "picture", None)
+            if picture is not None:
+                link = os.path.relpath(picture, markdown_path.parent) if markdown_path else str(picture)
+                shown = f"[png]({Path(link).as_posix()})"
+            else:
+                fold = getattr(r, "fold", None)
+                shown = (f"`python -m src.explain run={experiment} study={r.StudyInstanceUID}"
+                         + ("" if fold is None or pd.isna(fold) else f" fold={int(fold)}") + "`")
+            rows.append([r.StudyInstanceUID, _num(r.loss, 3), f"{100 * r.share:.1f}%", r.costly, levels, shown])
+        parts += [f"### {experiment}", table(["study", "loss", "share", "costly targets", "levels", "picture"], rows)]
     return "\n\n".join(parts)
 
 
@@ -165,7 +175,7 @@ def render(report: Report, markdown_path: Path | None = None) -> str:
     n_done = sum(r.finished for r in report.runs)
     head = (f"# Experiment report\n\nFrom `{report.runs_dir}`: {len(report.runs)} fold runs, {n_done} finished, "
             f"{len(report.runs) - n_done} unfinished.")
-    sections = [head, classifier_section(report), ensemble_section(report), worst_section(report),
+    sections = [head, classifier_section(report), ensemble_section(report), worst_section(report, markdown_path),
                 localiser_section(report),
                 unfinished_section(report), problems_section(report), figures_section(report, markdown_path)]
     return "\n\n".join(s for s in sections if s) + "\n"

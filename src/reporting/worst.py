@@ -5,8 +5,9 @@ Log loss punishes a confident mistake far more than it rewards a right answer, s
 can make most of a score. For each study of a run's out-of-fold rows this gives its loss (the study's
 weighted log loss, whose mean over studies is the score), its share of the run's total, the targets that
 cost the most (their weighted part of the study's loss, with label and prediction) and, from the
-localisation table the run trained with, whether its levels were flagged. Called by
-src/reporting/build.py; the table is rendered by src/reporting/markdown.py.
+localisation table the run trained with, whether its levels were flagged, and the explanation picture a
+fold's training drew of it (``<fold>/explanations/<uid>.png``, src/tasks/explanation.py), where there is
+one. Called by src/reporting/build.py; the table is rendered by src/reporting/markdown.py.
 """
 from __future__ import annotations
 
@@ -53,6 +54,21 @@ def worst_studies(uids, labels, probs, n: int = 5, levels: pd.DataFrame | None =
         rows.append({"StudyInstanceUID": uid, "loss": float(per_study[i]), "share": float(per_study[i] / per_study.sum()),
                      "costly": costly, "level_flag": flag, "level_confidence": confidence})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def with_pictures(worst: pd.DataFrame, fold_runs) -> pd.DataFrame:
+    """``worst`` with the ``fold`` that held each study out and its ``picture``: the explanation picture
+    that fold's training drew (None where it drew none). ``fold_runs``: objects with ``fold`` and ``path``
+    (the fold folder, holding oof.csv and explanations/)."""
+    folds, pictures = {}, {}
+    for run in fold_runs:
+        oof = Path(run.path) / "oof.csv"
+        if oof.exists():
+            uids = pd.read_csv(oof, usecols=["StudyInstanceUID"], dtype=str)["StudyInstanceUID"]
+            folds.update(dict.fromkeys(uids, int(run.fold)))
+        pictures.update({png.stem: png for png in (Path(run.path) / "explanations").glob("*.png")})
+    uids = [str(uid) for uid in worst["StudyInstanceUID"]]
+    return worst.assign(fold=[folds.get(uid) for uid in uids], picture=[pictures.get(uid) for uid in uids])
 
 
 def run_levels(config: dict) -> tuple[pd.DataFrame | None, str]:
