@@ -48,15 +48,10 @@ def main() -> None:
 
     from tqdm import tqdm
 
-    from cleft_ablation import cached_order
-    from demo_inputs import synthetic_inputs
+    from demo_inputs import held_out_fractured, synthetic_inputs, with_and_without_clefts
     from src import VERTEBRAE
-    from src.data.cache import load_study
-    from src.data.folds import ensure_folds
     from src.models.checkpoint import trained_model
     from src.runs import run_dir
-    from src.synth.generate import plan_dataset
-    from src.synth.study import make_study
     from src.tasks.explanation import explain_study
     from src.tasks.vertebra import VertebraDataset
 
@@ -66,32 +61,22 @@ def main() -> None:
     if not (folder / "best.pt").exists():
         sys.exit(f"no {folder / 'best.pt'}; train it first (bash train.sh fold={cfg['fold']})")
     model, config = trained_model(folder)
-    demo = cfg["demo"]
-    tasks = {t["uid"]: t for t in plan_dataset(demo["n_train"], demo["n_test"], demo["size"], demo["seed"],
-                                               demo["seg_fraction"], False)[0]}
     clefts = pd.read_csv(data_dir / "synth_fractures.csv", dtype={"StudyInstanceUID": str})
     labels = pd.read_csv(data_dir / "train.csv", dtype={"StudyInstanceUID": str}).set_index("StudyInstanceUID")
-    folds = ensure_folds(cfg, data_dir)
-    held_out = set(folds.loc[folds["fold"] == cfg["fold"], "StudyInstanceUID"])
-    chosen = sorted(u for u in held_out if u in labels.index and labels.loc[u, "patient_overall"] == 1)
-    if any(u not in tasks for u in chosen):
-        sys.exit(f"the demo settings in the config do not describe {data_dir} (another n_train, seed or seg_fraction?)")
-    dataset = VertebraDataset(cache_dir, chosen, table, config["effnet_gru"], config["windows"])
+    chosen = sorted(held_out_fractured(cfg, data_dir), key=lambda t: t["uid"])
+    dataset = VertebraDataset(cache_dir, [t["uid"] for t in chosen], table, config["effnet_gru"], config["windows"])
 
     rows, skipped = [], []
-    for uid in tqdm(chosen, desc="attention with and without clefts", unit="study"):
-        task = tasks[uid]
-        cached = load_study(cache_dir, "train_images", uid, with_mask=False)
-        volume = np.asarray(cached.volume)
-        study = make_study(uid, task["seed"], size=task["size"], fractured=task["fractured"])
-        order = cached_order(study.hu, study.z_positions, volume)
-        if order is None:
+    for task in tqdm(chosen, desc="attention with and without clefts", unit="study"):
+        uid = task["uid"]
+        versions = with_and_without_clefts(task, cache_dir)
+        if versions is None:
             skipped.append(uid)
             continue
-        intact = make_study(uid, task["seed"], size=task["size"], fractured=task["fractured"], with_fractures=False)
+        cached, volume, intact = versions
         plans = dataset.plans.get(uid, {})
         seen = explain_study(model, dataset.crops, uid, volume, cached.meta, plans)
-        control = explain_study(model, dataset.crops, uid, intact.hu[order].astype(volume.dtype), cached.meta, plans)
+        control = explain_study(model, dataset.crops, uid, intact, cached.meta, plans)
         for cleft in clefts[(clefts["StudyInstanceUID"] == uid) & (clefts["split"] == "train_images")].itertuples():
             k = VERTEBRAE.index(cleft.vertebra)
             if cleft.slice_min < 0 or labels.loc[uid, cleft.vertebra] != 1:

@@ -27,16 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def cached_order(rendered: np.ndarray, z_positions: np.ndarray, cached: np.ndarray) -> np.ndarray | None:
-    """Slice indices that turn the rendered volume into the cached one (which is sorted by position), or
-    None if no ordering matches voxel for voxel."""
-    by_z = np.argsort(z_positions)
-    for order in (np.arange(len(z_positions)), by_z, by_z[::-1]):
-        if rendered.shape == cached.shape and np.array_equal(rendered[order].astype(cached.dtype), cached):
-            return order
-    return None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("overrides", nargs="*", help="key=value config overrides (after --)")
@@ -44,49 +34,31 @@ def main() -> None:
 
     from tqdm import tqdm
 
-    from demo_inputs import synthetic_inputs
+    from demo_inputs import held_out_fractured, synthetic_inputs, with_and_without_clefts
     from src import VERTEBRAE
-    from src.data.cache import load_study
-    from src.data.folds import ensure_folds
-    from src.models.registry import build_model
+    from src.models.checkpoint import trained_model
     from src.runs import run_dir
-    from src.synth.generate import plan_dataset
-    from src.synth.study import make_study
     from src.tasks.vertebra import VertebraDataset
-    from src.models.checkpoint import load_checkpoint, load_model_state
 
     cfg, data_dir, cache_dir, table = synthetic_inputs(
         args.overrides, "only demo studies can be rendered without their clefts")
     checkpoint = run_dir(cfg) / "best.pt"
     if not checkpoint.exists():
         sys.exit(f"no {checkpoint}; train it first (bash train.sh fold={cfg['fold']})")
-    demo = cfg["demo"]
-    tasks, _ = plan_dataset(demo["n_train"], demo["n_test"], demo["size"], demo["seed"], demo["seg_fraction"], False)
-    train = pd.read_csv(data_dir / "train.csv").set_index("StudyInstanceUID")
-    if not all(t["uid"] in train.index for t in tasks if t["split"] == "train_images"):
-        sys.exit(f"the demo settings in the config do not describe {data_dir} (another n_train, seed or seg_fraction?)")
-    folds = ensure_folds(cfg, data_dir)
-    held_out = set(folds.loc[folds["fold"] == cfg["fold"], "StudyInstanceUID"])
-    chosen = [t for t in tasks if t["uid"] in held_out and t["fractured"]]
-
+    chosen = held_out_fractured(cfg, data_dir)
     dataset = VertebraDataset(cache_dir, [t["uid"] for t in chosen], table, cfg["effnet_gru"], cfg["windows"])
-    model = build_model(cfg)
-    load_model_state(model, load_checkpoint(checkpoint)["model"])
-    model.eval()
+    model, _ = trained_model(checkpoint)
 
     rows, skipped = [], []
     for task in tqdm(chosen, desc="render and predict", unit="study"):
         uid = task["uid"]
-        study = make_study(uid, task["seed"], size=task["size"], fractured=task["fractured"])
-        intact = make_study(uid, task["seed"], size=task["size"], fractured=task["fractured"], with_fractures=False)
-        cached = load_study(cache_dir, "train_images", uid, with_mask=False)
-        volume = np.asarray(cached.volume)
-        order = cached_order(study.hu, study.z_positions, volume)
-        if order is None:
+        versions = with_and_without_clefts(task, cache_dir)
+        if versions is None:
             skipped.append(uid)
             continue
+        cached, volume, intact = versions
         probs = {}
-        for name, vol in (("with", volume), ("without", intact.hu[order].astype(volume.dtype))):
+        for name, vol in (("with", volume), ("without", intact)):
             plans = dataset.plans[uid]
             images = np.stack([dataset.crops.vertebra_stack(vol, cached.meta, plans[v]) for v in VERTEBRAE])
             with torch.no_grad():
