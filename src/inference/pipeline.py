@@ -37,7 +37,7 @@ from .localiser import Localiser, load_localiser
 from .members import Member, MemberLoadError, finite_probs, load_member
 from .memory import keep_freed_memory
 from .prior import label_prior
-from .settings import resolve_calibration, resolve_members, resolve_patient_model, resolve_test_data
+from .settings import resolve_adjustments, resolve_members, resolve_test_data
 from .studies import ReadPlan, ReadStudy, StudyReader, read_study
 from .test_csv import build_submission, read_test_rows, study_order, write_submission
 
@@ -161,7 +161,7 @@ def load_predictor(cfg: dict, announce=print, log: FallbackLog | None = None) ->
         raise ConfigError(str(err)) from None
     runs_dir = _abs(cfg["runs_dir"])
     specs, combine, source = resolve_members(cfg, announce)
-    patient = resolve_patient_model(cfg)
+    calibration, patient = resolve_adjustments(cfg)
     if patient is not None:
         announce(f"[ensemble] patient_overall from the {patient['method']} patient model of {source}")
     announce(f"[ensemble] weights from {source}; combine in {combine} space; device {device}; "
@@ -171,7 +171,6 @@ def load_predictor(cfg: dict, announce=print, log: FallbackLog | None = None) ->
     if any(m.needs_localisation for m in members):
         localiser = load_localiser(runs_dir, cfg["localiser"], device, cfg.get("localisation_table"), announce)
         record_left_out(log, localiser.run, localiser.left_out, whole=not localiser.models)
-    calibration = resolve_calibration(cfg)
     if calibration is not None:
         announce(f"[ensemble] calibration from the ensemble file: {calibration['method']} {calibration['params']}")
     return Predictor(members, combine, localiser, device, autocast_for(cfg, device), bool(cfg["tta"]),

@@ -152,16 +152,11 @@ def resolve_members(cfg: dict, announce=print) -> tuple[list[MemberSpec], str, s
     return members, combine, source
 
 
-def resolve_calibration(cfg: dict) -> dict | None:
-    """The calibration the chosen ensemble file kept (``calibration`` of ensemble.json), or None."""
+def resolve_adjustments(cfg: dict) -> tuple[dict | None, dict | None]:
+    """What the chosen ensemble file kept beyond the weights, read once: (its calibration, its
+    patient-level model), each None when there is none (calibration ``none``, patient ``keep``)."""
     data, _ = chosen_ensemble(cfg, parse_members(cfg["members"]), announce=lambda *_: None)
     calibration = (data or {}).get("calibration")
-    return calibration if calibration and calibration.get("method", "none") != "none" else None
-
-
-def resolve_patient_model(cfg: dict) -> dict | None:
-    """The patient-level model the chosen ensemble file kept (``patient`` of ensemble.json), or None when
-    it keeps the members' own patient_overall."""
-    data, _ = chosen_ensemble(cfg, parse_members(cfg["members"]), announce=lambda *_: None)
     patient = (data or {}).get("patient")
-    return patient if patient and patient.get("method", "keep") != "keep" else None
+    return (calibration if calibration and calibration.get("method", "none") != "none" else None,
+            patient if patient and patient.get("method", "keep") != "keep" else None)
