@@ -206,7 +206,7 @@ def test_a_model_that_finds_nothing_still_gives_seven_rows(tmp_path):
         assert table["slice_min"].between(31, 60).all() and table["slice_max"].between(31, 60).all()
 
 
-def test_localiser_trains_through_the_loop_and_writes_the_table(tmp_path):
+def test_localiser_trains_through_the_loop_and_writes_the_table(tmp_path, monkeypatch):
     from src.data.folds import ensure_folds
     from src.localisation.build import ensure_localisation
     from src.localisation.build import train_missing_folds
@@ -237,6 +237,25 @@ def test_localiser_trains_through_the_loop_and_writes_the_table(tmp_path):
     assert any(m.startswith("[levels]") and "fail the level checks" in m for m in messages)
     assert ensure_localisation(cfg, data_dir, cache_dir, announce=messages.append) == path
     assert "present" in messages[-1]
+    # the localiser's voxel labels are kept beside every cached study for the classifier's mask channel
+    from src.config import load_config
+    from src.data.cache import cached_uids, load_study, study_dir
+    from src.localisation.stored_labels import FILE, load_labels, missing_labels
+    from fake_training_data import overrides
+
+    cached = {split: cached_uids(cache_dir, split) for split in ("train_images", "test_images")}
+    assert not any(missing_labels(cache_dir, split, uids) for split, uids in cached.items())
+    first = cached["train_images"][0]
+    assert load_labels(cache_dir, "train_images", first).shape[0] == load_study(cache_dir, "train_images", first).volume.shape[0]
+    (study_dir(cache_dir, "train_images", first) / FILE).unlink()   # a table from before the labels were kept
+    assert ensure_localisation(cfg, data_dir, cache_dir, announce=messages.append) == path
+    assert "present" in messages[-1]                                   # the localiser itself does not need them
+    classifier = load_config(overrides(tiny, **{"effnet_gru.mask_channel": True}))
+    monkeypatch.setattr("src.localisation.build.localiser_config", lambda *a, **k: cfg)  # the tiny localiser
+    rows = path.read_bytes()
+    ensure_localisation(classifier, data_dir, cache_dir, announce=messages.append)
+    assert any("mask channel needs the localiser's labels" in m for m in messages)
+    assert load_labels(cache_dir, "train_images", first) is not None and path.read_bytes() == rows
 
 
 def test_an_interrupted_localiser_fold_is_finished_before_the_table_uses_it(tmp_path, monkeypatch):

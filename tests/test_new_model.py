@@ -88,7 +88,7 @@ class ProfileTask(StudyClassificationTask):
         return ProfileDataset(self.cache_dir, frame, self.settings)
 
     @classmethod
-    def study_batch(cls, cfg, volume, meta, localisation):
+    def study_batch(cls, cfg, volume, meta, localisation, labels=None):
         return {"profile": hu_profile(volume, model_settings(cfg))[None]}
 
 

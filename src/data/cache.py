@@ -6,6 +6,8 @@ Layout, one folder per study, written whole or not at all::
         volume.npy   int16 Hounsfield units, shape (slices, H, W), ordered head to feet
         mask.npy     uint8 vertebra labels on the same grid (0 background, 1..7 C1..C7, 8.. T1..), optional
         meta.json    see CachedStudy.meta
+        predicted_labels.npy  the localiser's voxel labels, added when the localisation table is built
+                              (src/localisation/stored_labels.py; not read here)
 
 ``split`` is the Kaggle image folder the study came from (``train_images`` or ``test_images``).
 HU stay int16, not windowed: windows are cheap to apply on the fly (src.data.windows) and the cache

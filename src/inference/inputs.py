@@ -51,16 +51,18 @@ def input_spec(cfg: dict) -> InputSpec:
                      bool(getattr(model_cls, "needs_localisation", False)), cfg)
 
 
-def build_inputs(specs, volumes: dict[int, tuple[np.ndarray, dict]], localisation: pd.DataFrame | None) -> dict:
+def build_inputs(specs, volumes: dict[int, tuple[np.ndarray, dict]], localisation: pd.DataFrame | None,
+                 labels: np.ndarray | None = None) -> dict:
     """``{spec.key: batch}`` for one study's ``volumes`` ({size: (volume, meta)}, src/inference/reading.py),
-    or :class:`InputFailed` in place of a batch whose building raised: that costs only its members."""
+    or :class:`InputFailed` in place of a batch whose building raised: that costs only its members.
+    ``localisation``: the study's rows; ``labels``: the localiser's compact voxel labels (or None)."""
     from ..tasks import get_task_class
 
     inputs = {}
     for spec in specs:
         try:
             volume, meta = volumes[spec.size]
-            inputs[spec.key] = get_task_class(spec.task).study_batch(spec.cfg, volume, meta, localisation)
+            inputs[spec.key] = get_task_class(spec.task).study_batch(spec.cfg, volume, meta, localisation, labels)
         except Exception as err:  # an odd study must cost its members' prediction, not the run
             inputs[spec.key] = InputFailed(f"building the {spec.task} input: {one_line(err)}")
     return inputs

@@ -38,21 +38,23 @@ class Localiser:
     def size(self) -> int:
         return int(self.cfg["prepare"]["size"])
 
-    def rows_for(self, uid: str, volumes: dict[int, tuple[np.ndarray, dict]]) -> pd.DataFrame:
-        """The study's seven rows: from the given table when it has them all, else from the models."""
+    def rows_for(self, uid: str, volumes: dict[int, tuple[np.ndarray, dict]]) -> tuple[pd.DataFrame, np.ndarray | None]:
+        """The study's seven rows, and the localiser's voxel labels in compact form (the mask channel's
+        source, src/localisation/stored_labels.py): rows from the given table when it has them all (then
+        no labels: a mask channel falls back to the boxes), else both from the models."""
         if self.table is not None:
             rows = self.table[self.table["StudyInstanceUID"] == uid]
             if set(rows["vertebra"]) >= set(VERTEBRAE):
-                return rows.reset_index(drop=True)
+                return rows.reset_index(drop=True), None
         from ..localisation.predict import localise_volume
 
         if not self.models:
             raise RuntimeError(f"no localiser models (run '{self.run}') and no table rows for {uid}")
         volume, meta = volumes[self.size]
-        rows = localise_volume(self.models, volume, meta, self.cfg, study_uid=uid, levels=self.levels,
-                               repair=self.repair)
+        rows, labels = localise_volume(self.models, volume, meta, self.cfg, study_uid=uid, levels=self.levels,
+                                       repair=self.repair, with_labels=True)
         rows["StudyInstanceUID"] = uid
-        return rows
+        return rows, labels
 
 
 def load_localiser(runs_dir: Path, run: str, device, table_path: str | None = None, announce=print) -> Localiser:

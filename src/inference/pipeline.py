@@ -99,17 +99,17 @@ class Predictor:
                                    f"({', '.join(study.skipped[:3])}"
                                    f"{', ...' if len(study.skipped) > 3 else ''})")
         late = [s for s in self.inputs if s.needs_localisation]
-        localisation = None
+        localisation = labels = None
         if late and self.localiser is not None:
             start = time.perf_counter()
             try:
-                localisation = self.localiser.rows_for(uid, study.volumes)
+                localisation, labels = self.localiser.rows_for(uid, study.volumes)
                 record_levels(log, uid, localisation)
             except Exception as err:
                 log.add("localiser", uid, f"{one_line(err)}; vertebrae placed by an even split")
             self.timings["localise"] += time.perf_counter() - start
         start = time.perf_counter()
-        inputs = {**study.inputs, **build_inputs(late, study.volumes, localisation)}
+        inputs = {**study.inputs, **build_inputs(late, study.volumes, localisation, labels)}
         volumes = study.volumes if self.explainer is not None else None
         study.volumes = None  # the inputs are built: free the decoded study before the models run
         self.timings["inputs after localising"] += time.perf_counter() - start

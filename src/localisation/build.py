@@ -1,5 +1,6 @@
 """The localisation table of a whole dataset: train the fold localisers it needs, predict every cached
-study, write ``src.paths.localisation_path`` atomically.
+study, write ``src.paths.localisation_path`` atomically, and keep each study's voxel labels beside its
+cached volume (src/localisation/stored_labels.py) for the classifier's mask channel.
 
 Called by ``python -m src.localise`` (always rebuilds the table) and by :func:`ensure_localisation`
 (src/localisation/__init__.py; train.sh, when a classifier needs the table and it is missing).
@@ -30,6 +31,7 @@ from .extents import extents_for, min_voxels
 from .levels import RANGES_FILE, check_levels, index_ranges, judge_extents, learn_ranges, mask_ranges, with_level_columns
 from .metrics import nanmean
 from .predict import load_localisers, segment_study
+from .stored_labels import missing_labels, save_labels
 from .table import study_rows
 from .task import judge_study
 
@@ -120,6 +122,7 @@ def build_table(cfg, data_dir: Path, cache_dir: Path, folds: pd.DataFrame, annou
             labels, confidence = segment_study(list(models.values()), study.volume)
             rows = study_rows(uid, extents_for(labels, confidence, min_voxels(cfg, labels.shape)), study.meta,
                               labels.shape)
+        save_labels(cache_dir, split, uid, labels)
         spacings[uid] = (split, float(study.meta["slice_spacing"]), study.meta["slice_numbers"])
         parts.append(rows)
     table = pd.concat(parts, ignore_index=True)
@@ -208,17 +211,24 @@ def localiser_config(cfg, cache_dir: Path | None = None):
 def ensure_localisation(cfg, data_dir: Path, cache_dir: Path, announce=print) -> Path:
     """The localisation table's path, building it first if it is missing or lacks cached train studies:
     trains the localiser folds ``localiser.folds`` of configs/localiser.yaml that have no best.pt yet,
-    then predicts every cached study."""
+    then predicts every cached study. A classifier with ``mask_channel`` also needs the localiser's voxel
+    labels of every cached study; a table built without them is rebuilt (its rows come out the same)."""
     from ..data.folds import ensure_folds
+    from ..models.registry import model_settings
     from .table import read_table
 
     path = localisation_path(cfg, cache_dir)
     if path.exists():
         lacking = set(cached_uids(cache_dir, "train_images")) - set(read_table(path)["StudyInstanceUID"])
-        if not lacking:
+        unlabelled = []
+        if cfg["model"] != LOCALISER_MODEL and model_settings(cfg).get("mask_channel"):
+            unlabelled = [u for split in SPLITS for u in missing_labels(cache_dir, split, cached_uids(cache_dir, split))]
+        if not lacking and not unlabelled:
             announce(f"[localisation] {path}: present for every cached study")
             return path
-        announce(f"[localisation] {path} lacks {len(lacking)} cached studies: rebuilding it")
+        announce(f"[localisation] {path} lacks {len(lacking)} cached studies: rebuilding it" if lacking else
+                 f"[localisation] the mask channel needs the localiser's labels, which {len(unlabelled)} cached "
+                 f"studies lack (a table from before they were kept): rebuilding the table with them")
     else:
         announce(f"[localisation] no table at {path}: building it with configs/{LOCALISER_EXPERIMENT}.yaml")
     # called with the localiser's own config (src.localise, tests): keep it; from a classifier: localiser.yaml

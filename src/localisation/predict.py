@@ -88,12 +88,13 @@ def segment_study(models, volume: np.ndarray, first_probs: torch.Tensor | None =
 
 
 def localise_volume(models, volume: np.ndarray, meta: dict, cfg, study_uid: str | None = None, levels=None,
-                    repair: bool = False) -> pd.DataFrame:
+                    repair: bool = False, with_labels: bool = False):
     """The seven localisation rows of one study from its int16 HU volume (head to feet, as src.data.cache
     stores it) and meta (``slice_numbers``, ``original_shape``). With no models, or where a model finds
     nothing, vertebrae are estimated (``estimated`` True) rather than left out. With ``levels`` (the
     localiser's learned LevelRanges) the rows carry the level columns (src/localisation/levels.py), and
-    with ``repair`` too a study that fails the checks is repaired where its labels allow."""
+    with ``repair`` too a study that fails the checks is repaired where its labels allow. ``with_labels``:
+    returns (rows, the voxel labels in compact form, src/localisation/stored_labels.py; None without models)."""
     uid = study_uid or meta.get("uid")
     if uid is None:
         raise ValueError("localise_volume needs the study's UID, in meta['uid'] or study_uid=")
@@ -104,8 +105,14 @@ def localise_volume(models, volume: np.ndarray, meta: dict, cfg, study_uid: str 
         labels, confidence = np.zeros(grid, dtype=np.uint8), None
     extents = extents_for(labels, confidence, min_voxels(cfg, grid))
     if levels is None:
-        return study_rows(uid, extents, meta, grid)
-    from .levels import judge_extents, with_level_columns
+        rows = study_rows(uid, extents, meta, grid)
+    else:
+        from .levels import judge_extents, with_level_columns
 
-    extents, check = judge_extents(labels if models else None, extents, float(meta["slice_spacing"]), levels, repair)
-    return with_level_columns(study_rows(uid, extents, meta, grid), check)
+        extents, check = judge_extents(labels if models else None, extents, float(meta["slice_spacing"]), levels, repair)
+        rows = with_level_columns(study_rows(uid, extents, meta, grid), check)
+    if not with_labels:
+        return rows
+    from .stored_labels import compact
+
+    return rows, (compact(labels) if models else None)

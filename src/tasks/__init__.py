@@ -20,8 +20,9 @@ A task is a class registered with ``@register_task("name")`` in a module of this
 - ``figures(metrics, oof, val_dataset, out_dir) -> {name: png path}``: end-of-run plots (may return {}).
 - optionally ``label_rates``: the training studies' label rates, handed to a model's
   ``init_label_prior(rates)`` if it has one.
-- for inference, the class method ``study_batch(cfg, volume, meta, localisation) -> batch``: one test
-  study's arrays as the one-item batch its validation loader would give (src/inference calls it).
+- for inference, the class method ``study_batch(cfg, volume, meta, localisation, labels=None) -> batch``:
+  one test study's arrays as the one-item batch its validation loader would give (src/inference calls
+  it; ``labels`` are the localiser's compact voxel labels, src/localisation/stored_labels.py, or None).
 
 Registered here: ``volume`` (whole-volume classifiers, src/tasks/volume.py) and ``vertebra``
 (per-vertebra crops, src/tasks/vertebra.py), both subclasses of

@@ -4,10 +4,11 @@ out-of-fold table, and the end-of-run plots.
 
 Subclasses (src/tasks/volume.py, src/tasks/vertebra.py) say how a study becomes an item, twice from one
 item builder: ``make_dataset(frame, train)`` for training and validation (studies read from the cache)
-and the class method ``study_batch(cfg, volume, meta, localisation)`` for inference (a test study's
+and the class method ``study_batch(cfg, volume, meta, localisation, labels=None)`` for inference (a test study's
 arrays, read straight from DICOM by src/inference: int16 HU (slices, size, size) at
 ``cfg.prepare.size``, head first, meta as src.data.cache describes it, and the study's localisation
-rows or None), so a test study is fed exactly as a validation study.
+rows or None, and the localiser's compact voxel labels or None), so a test study is fed exactly as a
+validation study.
 """
 from __future__ import annotations
 

@@ -104,7 +104,8 @@ class VolumeClassificationTask(StudyClassificationTask):
         return VolumeDataset(folder, frame, self.cfg["windows"], augment)
 
     @classmethod
-    def study_batch(cls, cfg, volume: np.ndarray, meta: dict, localisation: pd.DataFrame | None) -> dict:
+    def study_batch(cls, cfg, volume: np.ndarray, meta: dict, localisation: pd.DataFrame | None,
+                    labels: np.ndarray | None = None) -> dict:
         """The validation item of a study not in the cache: resampled in memory, as ensure_resampled would."""
         hu = resample_volume(volume, list(model_settings(cfg)["shape"]))
         return {"volume": volume_item(hu, cfg["windows"])[None]}

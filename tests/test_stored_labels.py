@@ -1,0 +1,97 @@
+"""The localiser's voxel labels kept beside the cache (src/localisation/stored_labels.py) and the mask
+channel they feed: compact storage that scales back onto any cache size, training items that read them,
+and inference items that take the same labels straight from the localiser."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from src import VERTEBRAE
+from src.config import load_config
+from src.data.cache import write_study
+from src.localisation.stored_labels import compact, labels_on_grid, load_labels, missing_labels, save_labels
+from src.tasks.vertebra import VertebraCrops, VertebraDataset, VertebraTask
+
+TINY = ["effnet_gru.encoder=test_efficientnet", "effnet_gru.n_slices=4", "effnet_gru.neighbours=0",
+        "effnet_gru.crop_size=32", "effnet_gru.gru_hidden=8", "pretrained=false", "effnet_gru.train_unit=study",
+        "effnet_gru.augment=0", "effnet_gru.mask_channel=true", "windows=[[400,1800]]"]
+
+
+def _labels(size=64, slices=20):
+    """C3 on a block of rows 16..31, cols 32..47 of every slice; C4 beside it, aligned to 8 px blocks."""
+    labels = np.zeros((slices, size, size), dtype=np.uint8)
+    labels[:, 16:32, 32:48] = 3
+    labels[:, 40:56, 8:24] = 4
+    return labels
+
+
+def test_compact_keeps_every_slice_and_scales_back_onto_any_grid():
+    labels = _labels(size=512)
+    small = compact(labels)
+    assert small.dtype == np.uint8 and small.shape == (20, 128, 128)        # 512 px: every 4th pixel
+    back = labels_on_grid(small, np.arange(20), labels.shape)
+    assert np.array_equal(back, labels)                                    # blocks aligned to the stride: exact
+    assert np.array_equal(compact(_labels(size=64)), _labels(size=64))     # small enough: kept as it is
+    half = labels_on_grid(small, [0, 5], (20, 256, 256))                   # another cache size, same study
+    assert np.array_equal(half, labels[[0, 5], ::2, ::2])
+    with pytest.raises(ValueError, match="another cache"):
+        labels_on_grid(small, [0], (21, 512, 512))
+
+
+def test_stored_labels_round_trip_in_the_study_folder(tmp_path):
+    meta = {"slice_numbers": list(range(1, 21)), "original_shape": [64, 64]}
+    write_study(tmp_path, "train_images", "1.2.3", np.zeros((20, 64, 64), dtype=np.int16), meta)
+    assert load_labels(tmp_path, "train_images", "1.2.3") is None
+    assert missing_labels(tmp_path, "train_images", ["1.2.3"]) == ["1.2.3"]
+    save_labels(tmp_path, "train_images", "1.2.3", _labels())
+    assert np.array_equal(load_labels(tmp_path, "train_images", "1.2.3"), _labels())
+    assert missing_labels(tmp_path, "train_images", ["1.2.3"]) == []
+
+
+def test_the_mask_channel_draws_the_predicted_labels_where_the_crop_is():
+    """A known C3 block, stored thinned (stride 2), is found in the channel at the crop's place."""
+    volume = np.zeros((20, 64, 64), dtype=np.int16)
+    meta = {"slice_numbers": list(range(1, 21)), "original_shape": [64, 64]}
+    crops = VertebraCrops({"n_slices": 4, "neighbours": 0, "crop_size": 32, "margin": 0.0, "mask_channel": True},
+                          [[400, 1800]])
+    predicted = compact(_labels(), max_side=32)
+    assert predicted.shape == (20, 32, 32)
+    # the box of rows 16..47 and cols 16..47, a 32 px square: one crop pixel per volume pixel
+    stack = crops.vertebra_stack(volume, meta, (1, 20, 16, 16, 48, 48), vertebra="C3", predicted=predicted)
+    expected = np.zeros((32, 32), dtype=np.float32)
+    expected[0:16, 16:32] = 1                                               # rows 16..31, cols 32..47 of the slice
+    assert np.allclose(stack[:, -1], expected[None], atol=1e-5)
+    # the predicted labels come first, ahead of a segmentation that disagrees with them
+    truth = np.zeros_like(_labels())
+    truth[:, 0:8, 0:8] = 3
+    both = crops.vertebra_stack(volume, meta, (1, 20, 16, 16, 48, 48), vertebra="C3", mask=truth, predicted=predicted)
+    assert np.array_equal(both, stack)
+    other = crops.vertebra_stack(volume, meta, (1, 20, 16, 16, 48, 48), vertebra="C4", predicted=predicted)
+    assert other[:, -1].max() == pytest.approx(1.0) and not np.allclose(other[:, -1], stack[:, -1])
+
+
+def test_inference_items_with_the_localisers_labels_equal_the_training_items(tmp_path):
+    """study_batch given the labels the localiser just predicted builds what the dataset builds from the
+    stored ones; without labels both fall back to the boxes, and then they differ from it."""
+    cfg = load_config(TINY)
+    rng = np.random.default_rng(0)
+    volume = rng.integers(-500, 1500, size=(70, 64, 64)).astype(np.int16)
+    meta = {"slice_numbers": list(range(1, 71)), "z": [float(-z) for z in range(70)], "pixel_spacing": [1.0, 1.0],
+            "original_shape": [64, 64], "slice_spacing": 1.0, "skipped_files": []}
+    write_study(tmp_path, "train_images", "1.2.3", volume, meta)
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    for k in range(7):
+        labels[10 * k:10 * k + 10, 20:44, 18 + k:40 + k] = k + 1
+    table = pd.DataFrame([{"StudyInstanceUID": "1.2.3", "vertebra": v, "slice_min": 10 * k + 1,
+                           "slice_max": 10 * k + 10, "x0": 10, "y0": 10, "x1": 54, "y1": 54}
+                          for k, v in enumerate(VERTEBRAE)])
+    dataset = VertebraDataset(tmp_path, ["1.2.3"], table, cfg["effnet_gru"], cfg["windows"])
+    boxes_only = dataset.stacks(0)
+    save_labels(tmp_path, "train_images", "1.2.3", labels)
+    trained_on = dataset.stacks(0)
+    assert not np.array_equal(trained_on[:, :, -1], boxes_only[:, :, -1])
+    served = VertebraTask.study_batch(cfg, volume, meta, table, compact(labels))["images"][0]
+    assert torch.equal(served, torch.from_numpy(trained_on))
+    assert torch.equal(VertebraTask.study_batch(cfg, volume, meta, table)["images"][0], torch.from_numpy(boxes_only))
