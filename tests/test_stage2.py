@@ -319,6 +319,15 @@ def test_ensemble_file_patient_entry_is_checked_and_applied_at_inference(tmp_pat
     fitted = Predictor([member], "prob", None, "cpu", None, patient=entry["patient"])
     out = fitted._combine_members("u", {}, FallbackLog())
     assert np.allclose(out[1:], probs[1:]) and out[0] == pytest.approx(1 - np.prod(1 - probs[1:]), abs=1e-6)
+    # kept together with a calibration: the vertebrae are calibrated, patient_overall comes from the patient
+    # model fitted on the uncalibrated combination (so the calibration does not reach it twice)
+    calibration = {"method": "temperature", "params": {"temperature": 2.0}}
+    both = Predictor([member], "prob", None, "cpu", None, calibration=calibration,
+                     patient=entry["patient"])._combine_members("u", {}, FallbackLog())
+    from src.ensembling.calibration import apply_calibration
+
+    assert np.allclose(both[1:], apply_calibration(probs, calibration)[1:]) and not np.allclose(both[1:], probs[1:])
+    assert both[0] == pytest.approx(out[0], abs=1e-9)
 
 
 # ---- exclude_studies ----
