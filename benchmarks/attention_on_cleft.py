@@ -50,6 +50,7 @@ def main() -> None:
 
     from demo_inputs import held_out_fractured, synthetic_inputs, with_and_without_clefts
     from src import VERTEBRAE
+    from src.localisation.stored_labels import load_labels
     from src.models.checkpoint import trained_model
     from src.runs import run_dir
     from src.tasks.explanation import explain_study
@@ -75,8 +76,9 @@ def main() -> None:
             continue
         cached, volume, intact = versions
         plans = dataset.plans.get(uid, {})
-        seen = explain_study(model, dataset.crops, uid, volume, cached.meta, plans)
-        control = explain_study(model, dataset.crops, uid, intact, cached.meta, plans)
+        predicted = load_labels(cache_dir, "train_images", uid) if dataset.crops.mask_channel else None
+        seen = explain_study(model, dataset.crops, uid, volume, cached.meta, plans, predicted=predicted)
+        control = explain_study(model, dataset.crops, uid, intact, cached.meta, plans, predicted=predicted)
         for cleft in clefts[(clefts["StudyInstanceUID"] == uid) & (clefts["split"] == "train_images")].itertuples():
             k = VERTEBRAE.index(cleft.vertebra)
             if cleft.slice_min < 0 or labels.loc[uid, cleft.vertebra] != 1:

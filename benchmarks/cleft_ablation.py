@@ -36,6 +36,7 @@ def main() -> None:
 
     from demo_inputs import held_out_fractured, synthetic_inputs, with_and_without_clefts
     from src import VERTEBRAE
+    from src.localisation.stored_labels import load_labels
     from src.models.checkpoint import trained_model
     from src.runs import run_dir
     from src.tasks.vertebra import VertebraDataset
@@ -58,9 +59,11 @@ def main() -> None:
             continue
         cached, volume, intact = versions
         probs = {}
+        predicted = load_labels(cache_dir, "train_images", uid) if dataset.crops.mask_channel else None
         for name, vol in (("with", volume), ("without", intact)):
             plans = dataset.plans[uid]
-            images = np.stack([dataset.crops.vertebra_stack(vol, cached.meta, plans[v]) for v in VERTEBRAE])
+            images = np.stack([dataset.crops.vertebra_stack(vol, cached.meta, plans[v], vertebra=v, predicted=predicted)
+                               for v in VERTEBRAE])
             with torch.no_grad():
                 probs[name] = torch.sigmoid(model({"images": torch.from_numpy(images)[None]})["logits"][0]).numpy()
         for k, vertebra in enumerate(VERTEBRAE):

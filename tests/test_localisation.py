@@ -250,11 +250,15 @@ def test_localiser_trains_through_the_loop_and_writes_the_table(tmp_path, monkey
     (study_dir(cache_dir, "train_images", first) / FILE).unlink()   # a table from before the labels were kept
     assert ensure_localisation(cfg, data_dir, cache_dir, announce=messages.append) == path
     assert "present" in messages[-1]                                   # the localiser itself does not need them
+    elsewhere = load_config(overrides(tiny, **{"effnet_gru.mask_channel": True, "runs_dir": str(tmp_path / "other")}))
+    with pytest.raises(FileNotFoundError, match="no finished localiser"):  # never a newly trained localiser
+        ensure_localisation(elsewhere, data_dir, cache_dir, announce=messages.append)
+    assert not (tmp_path / "other").exists()
     classifier = load_config(overrides(tiny, **{"effnet_gru.mask_channel": True}))
     monkeypatch.setattr("src.localisation.build.localiser_config", lambda *a, **k: cfg)  # the tiny localiser
     rows = path.read_bytes()
     ensure_localisation(classifier, data_dir, cache_dir, announce=messages.append)
-    assert any("mask channel needs the localiser's labels" in m for m in messages)
+    assert any("mask channel needs the localiser's voxel labels" in m for m in messages)
     assert load_labels(cache_dir, "train_images", first) is not None and path.read_bytes() == rows
 
 

@@ -105,10 +105,10 @@ def test_mask_channel_shape_and_alignment_with_the_crop(tmp_path):
     crops = VertebraCrops({"n_slices": 4, "neighbours": 1, "crop_size": 64, "margin": 0.0, "mask_channel": True},
                           [[400, 1800], [40, 80]])
     assert crops.channels == 3 * 2 + 1
-    stack = crops.vertebra_stack(hu, meta, plan, vertebra="C3", mask=mask)
+    stack = crops.vertebra_stack(hu, meta, plan, vertebra="C3", predicted=mask)
     assert stack.shape == (4, 7, 64, 64)
     hu[:, 20:40, 20:40] = 300                           # some bone: the image channels are the plain stack's
-    stack = crops.vertebra_stack(hu, meta, plan, vertebra="C3", mask=mask)
+    stack = crops.vertebra_stack(hu, meta, plan, vertebra="C3", predicted=mask)
     plain = VertebraCrops({"n_slices": 4, "neighbours": 1, "crop_size": 64, "margin": 0.0},
                           [[400, 1800], [40, 80]]).vertebra_stack(hu, meta, plan)
     assert np.array_equal(stack[:, :-1], plain)

@@ -63,19 +63,16 @@ def test_the_mask_channel_draws_the_predicted_labels_where_the_crop_is():
     expected = np.zeros((32, 32), dtype=np.float32)
     expected[0:16, 16:32] = 1                                               # rows 16..31, cols 32..47 of the slice
     assert np.allclose(stack[:, -1], expected[None], atol=1e-5)
-    # the predicted labels come first, ahead of a segmentation that disagrees with them
-    truth = np.zeros_like(_labels())
-    truth[:, 0:8, 0:8] = 3
-    both = crops.vertebra_stack(volume, meta, (1, 20, 16, 16, 48, 48), vertebra="C3", mask=truth, predicted=predicted)
-    assert np.array_equal(both, stack)
+    # without labels: the box, the whole crop here
+    boxed = crops.vertebra_stack(volume, meta, (1, 20, 16, 16, 48, 48), vertebra="C3")
+    assert np.allclose(boxed[:, -1], 1.0)
     other = crops.vertebra_stack(volume, meta, (1, 20, 16, 16, 48, 48), vertebra="C4", predicted=predicted)
     assert other[:, -1].max() == pytest.approx(1.0) and not np.allclose(other[:, -1], stack[:, -1])
 
 
-def test_inference_items_with_the_localisers_labels_equal_the_training_items(tmp_path):
-    """study_batch given the labels the localiser just predicted builds what the dataset builds from the
-    stored ones; without labels both fall back to the boxes, and then they differ from it."""
-    cfg = load_config(TINY)
+def _study(tmp_path):
+    """A cached 70-slice study whose localiser labels put C1..C7 on ten slices each, shifted a pixel apart,
+    and its table rows (boxes wider than the labels)."""
     rng = np.random.default_rng(0)
     volume = rng.integers(-500, 1500, size=(70, 64, 64)).astype(np.int16)
     meta = {"slice_numbers": list(range(1, 71)), "z": [float(-z) for z in range(70)], "pixel_spacing": [1.0, 1.0],
@@ -87,6 +84,14 @@ def test_inference_items_with_the_localisers_labels_equal_the_training_items(tmp
     table = pd.DataFrame([{"StudyInstanceUID": "1.2.3", "vertebra": v, "slice_min": 10 * k + 1,
                            "slice_max": 10 * k + 10, "x0": 10, "y0": 10, "x1": 54, "y1": 54}
                           for k, v in enumerate(VERTEBRAE)])
+    return volume, meta, labels, table
+
+
+def test_inference_items_with_the_localisers_labels_equal_the_training_items(tmp_path):
+    """study_batch given the labels the localiser just predicted builds what the dataset builds from the
+    stored ones; without labels both fall back to the boxes, and then they differ from it."""
+    cfg = load_config(TINY)
+    volume, meta, labels, table = _study(tmp_path)
     dataset = VertebraDataset(tmp_path, ["1.2.3"], table, cfg["effnet_gru"], cfg["windows"])
     boxes_only = dataset.stacks(0)
     save_labels(tmp_path, "train_images", "1.2.3", labels)
@@ -95,3 +100,35 @@ def test_inference_items_with_the_localisers_labels_equal_the_training_items(tmp
     served = VertebraTask.study_batch(cfg, volume, meta, table, compact(labels))["images"][0]
     assert torch.equal(served, torch.from_numpy(trained_on))
     assert torch.equal(VertebraTask.study_batch(cfg, volume, meta, table)["images"][0], torch.from_numpy(boxes_only))
+
+
+def test_explanations_feed_a_mask_channel_model_what_validation_fed_it(tmp_path):
+    from src.models.effnet_gru import EffNetGRU
+    from src.tasks.explanation import explain_cached
+
+    cfg = load_config(TINY)
+    _, _, labels, table = _study(tmp_path)
+    save_labels(tmp_path, "train_images", "1.2.3", labels)
+    dataset = VertebraDataset(tmp_path, ["1.2.3"], table, cfg["effnet_gru"], cfg["windows"])
+    torch.manual_seed(0)
+    model = EffNetGRU(cfg).eval()
+    explained = explain_cached(model, dataset, "1.2.3")
+    with torch.no_grad():
+        validated = torch.sigmoid(model({"images": dataset[0]["images"][None]})["logits"][0]).numpy()
+    np.testing.assert_allclose(explained.probs, validated, atol=1e-6)
+
+
+def test_a_repaired_study_keeps_labels_renumbered_to_its_repaired_ranges():
+    from src.localisation.extents import Extent
+    from src.localisation.levels import relabelled
+
+    labels = np.zeros((70, 8, 8), dtype=np.uint8)
+    for k in range(7):
+        labels[10 * k:10 * k + 10, 2:6, 2:6] = k + 1
+    labels[:, 0, 0] = 9                                   # a thoracic label stays what it was
+    # the repair moved every vertebra one level down: C1 has no slices left to claim, C2 took C1's
+    extents = {v: Extent(max(0, 10 * k - 10), 10 * k - 1 if k else 0, 2, 5, 2, 5) for k, v in enumerate(VERTEBRAE)}
+    out = relabelled(labels, extents)
+    assert out[15, 3, 3] == 3 and out[5, 3, 3] == 2 and out[65, 3, 3] == 7
+    assert out[0, 0, 0] == 9 and out[20, 0, 1] == 0       # thoracic and background untouched
+    assert labels[15, 3, 3] == 2                          # the labels given are not changed in place

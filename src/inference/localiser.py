@@ -4,7 +4,8 @@ Called by the inference pipeline when a member classifies vertebra crops. The mo
 step are src/localisation/predict.py's (``load_localisers``, ``localise_volume``), the same code that
 built the training table, fed the study at the localiser's own cache size. ``localisation_table=``
 (a CSV in the format of docs/data.md#the-localisation-table) takes a study's rows from that file instead when it has all seven, which
-is how a parity check reproduces the table the classifier was validated on. With the run's level ranges
+is how a parity check reproduces the table the classifier was validated on (rows only: a mask-channel
+classifier then draws its mask from the boxes, where validation had the localiser's voxel labels). With the run's level ranges
 (``runs/<run>/levels.json``, written with the table) each study's rows carry the level columns
 (src/localisation/levels.py), and the pipeline records a failing study as ``levels``.
 """

@@ -28,7 +28,8 @@ from ..runs import is_finished, old_name_hint, run_dir
 from ..training.run_folder import RunFolderError
 from . import LOCALISER_EXPERIMENT, LOCALISER_MODEL
 from .extents import extents_for, min_voxels
-from .levels import RANGES_FILE, check_levels, index_ranges, judge_extents, learn_ranges, mask_ranges, with_level_columns
+from .levels import (RANGES_FILE, check_levels, index_ranges, judge_extents, learn_ranges, mask_ranges, relabelled,
+                     with_level_columns)
 from .metrics import nanmean
 from .predict import load_localisers, segment_study
 from .stored_labels import missing_labels, save_labels
@@ -180,6 +181,7 @@ def check_table(cfg, cache_dir: Path, table: pd.DataFrame, truths: dict, studies
                                          spacing, learned, repair=True)
             if check.repaired:
                 rows = study_rows(uid, fixed, study.meta, labels.shape)
+                save_labels(cache_dir, split, uid, relabelled(labels, fixed))
         flagged += int(check.flagged or check.repaired)  # failed the checks, before any repair
         repaired += int(check.repaired)
         parts.append(with_level_columns(rows, check))
@@ -212,27 +214,40 @@ def ensure_localisation(cfg, data_dir: Path, cache_dir: Path, announce=print) ->
     """The localisation table's path, building it first if it is missing or lacks cached train studies:
     trains the localiser folds ``localiser.folds`` of configs/localiser.yaml that have no best.pt yet,
     then predicts every cached study. A classifier with ``mask_channel`` also needs the localiser's voxel
-    labels of every cached study; a table built without them is rebuilt (its rows come out the same)."""
+    labels beside its cached train studies; a table built before they were kept is predicted again by
+    the localiser run that is there (the same run gives the same rows), never by a newly trained one."""
     from ..data.folds import ensure_folds
     from ..models.registry import model_settings
     from .table import read_table
 
     path = localisation_path(cfg, cache_dir)
+    # called with the localiser's own config (src.localise, tests): keep it; from a classifier: localiser.yaml
+    loc_cfg = cfg if cfg["model"] == LOCALISER_MODEL else None
     if path.exists():
-        lacking = set(cached_uids(cache_dir, "train_images")) - set(read_table(path)["StudyInstanceUID"])
+        train_uids = cached_uids(cache_dir, "train_images")
+        lacking = set(train_uids) - set(read_table(path)["StudyInstanceUID"])
         unlabelled = []
         if cfg["model"] != LOCALISER_MODEL and model_settings(cfg).get("mask_channel"):
-            unlabelled = [u for split in SPLITS for u in missing_labels(cache_dir, split, cached_uids(cache_dir, split))]
+            unlabelled = missing_labels(cache_dir, "train_images", train_uids)
         if not lacking and not unlabelled:
             announce(f"[localisation] {path}: present for every cached study")
             return path
-        announce(f"[localisation] {path} lacks {len(lacking)} cached studies: rebuilding it" if lacking else
-                 f"[localisation] the mask channel needs the localiser's labels, which {len(unlabelled)} cached "
-                 f"studies lack (a table from before they were kept): rebuilding the table with them")
+        if lacking:
+            announce(f"[localisation] {path} lacks {len(lacking)} cached studies: rebuilding it")
+        else:
+            loc_cfg = localiser_config(cfg, cache_dir)
+            if not fold_checkpoints(loc_cfg):
+                raise FileNotFoundError(
+                    f"the mask channel needs the localiser's voxel labels beside the cache, which {len(unlabelled)} "
+                    f"cached studies lack (e.g. {unlabelled[0]}), and {run_dir(loc_cfg, fold=0).parent} holds no "
+                    f"finished localiser to predict them again. Set runs_dir= to the runs folder whose localiser "
+                    f"built {path}, or link that localiser run there")
+            announce(f"[localisation] the mask channel needs the localiser's voxel labels, which {len(unlabelled)} "
+                     f"cached studies lack: predicting the table again with them")
     else:
         announce(f"[localisation] no table at {path}: building it with configs/{LOCALISER_EXPERIMENT}.yaml")
-    # called with the localiser's own config (src.localise, tests): keep it; from a classifier: localiser.yaml
-    loc_cfg = cfg if cfg["model"] == LOCALISER_MODEL else localiser_config(cfg, cache_dir)
+    if loc_cfg is None:
+        loc_cfg = localiser_config(cfg, cache_dir)
     folds = ensure_folds(loc_cfg, data_dir, announce=announce)
     train_missing_folds(loc_cfg, data_dir, cache_dir, folds, announce=announce)
     build_table(loc_cfg, data_dir, cache_dir, folds, announce=announce)

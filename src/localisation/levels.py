@@ -238,6 +238,18 @@ def repaired_extents(labels: np.ndarray, ranges: dict[str, tuple[int, int]], ext
     return out
 
 
+def relabelled(labels: np.ndarray, extents: dict) -> np.ndarray:
+    """The voxel labels renumbered to agree with repaired extents: every cervical voxel on a vertebra's
+    slices takes that vertebra's label (on a slice two ranges share, the lower vertebra's), so the mask
+    channel shows what the repaired table rows say."""
+    out = np.array(labels, dtype=np.uint8, copy=True)
+    cervical = (labels >= 1) & (labels <= len(VERTEBRAE))
+    for k, v in enumerate(VERTEBRAE):
+        lo, hi = extents[v].slice_range
+        out[lo:hi + 1][cervical[lo:hi + 1]] = k + 1
+    return out
+
+
 def judge_extents(labels: np.ndarray | None, extents: dict, spacing: float, learned: LevelRanges,
                   repair: bool = False) -> tuple[dict, LevelCheck]:
     """A study's seven extents (src/localisation/extents.py) checked, and with ``repair`` (and its labels)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .crop import box_shape, box_slices, foreground_box, scale_box, widen_box
@@ -111,6 +110,10 @@ def localise_volume(models, volume: np.ndarray, meta: dict, cfg, study_uid: str 
 
         extents, check = judge_extents(labels if models else None, extents, float(meta["slice_spacing"]), levels, repair)
         rows = with_level_columns(study_rows(uid, extents, meta, grid), check)
+        if check.repaired:
+            from .levels import relabelled
+
+            labels = relabelled(labels, extents)
     if not with_labels:
         return rows
     from .stored_labels import compact

@@ -55,18 +55,20 @@ def centre_channel(crops) -> int:
 
 @torch.no_grad()
 def explain_study(model, crops, uid: str, volume: np.ndarray, meta: dict, plans: dict, labels=None,
-                  images: torch.Tensor | None = None, source: str = "") -> StudyExplanation:
+                  images: torch.Tensor | None = None, source: str = "",
+                  predicted: np.ndarray | None = None) -> StudyExplanation:
     """Run ``model`` (a vertebra classifier with an ``attention`` output, in eval mode) on one study.
 
     ``crops`` is the task's VertebraCrops (``train=False``); ``plans`` the study's localisation plans
     (src.tasks.vertebra.study_plans), a vertebra without one taking the task's fallback as in validation.
-    ``images`` is the study's batch when it is already built (inference), else it is built here.
+    ``images`` is the study's batch when it is already built (inference), else it is built here, with
+    the localiser's compact ``predicted`` labels for a mask channel (src/localisation/stored_labels.py).
     """
     from .vertebra import fallback_plan
 
     used = {v: plans.get(v) or fallback_plan(meta, v) for v in VERTEBRAE}
     if images is None:
-        images = torch.from_numpy(crops.study_stacks(volume, meta, used))[None]
+        images = torch.from_numpy(crops.study_stacks(volume, meta, used, predicted=predicted))[None]
     device = next(model.parameters()).device
     out = model({"images": images.to(device)})
     if "attention" not in out:
@@ -86,10 +88,12 @@ def explain_study(model, crops, uid: str, volume: np.ndarray, meta: dict, plans:
 def explain_cached(model, dataset, uid: str, labels=None, source: str = "") -> StudyExplanation:
     """:func:`explain_study` for a study of a VertebraDataset (validation): its cached volume, its plans."""
     from ..data.cache import load_study
+    from ..localisation.stored_labels import load_labels
 
     study = load_study(dataset.cache_dir, dataset.split, uid, with_mask=False)
+    predicted = load_labels(dataset.cache_dir, dataset.split, uid) if dataset.crops.mask_channel else None
     return explain_study(model, dataset.crops, uid, study.volume, study.meta, dataset.plans.get(uid, {}),
-                         labels=labels, source=source)
+                         labels=labels, source=source, predicted=predicted)
 
 
 def _aligned(oof: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ is still predicted: its vertebrae fall back to even slices of the whole study an
 
 Opt-in extras (issue 18, all off by default): ``mask_channel`` appends the target vertebra's mask on each
 sampled slice as one more channel (the localiser's own voxel labels, src/localisation/stored_labels.py,
-else the cached segmentation where the study has one, else the localisation box on the slices of its range); ``order_jitter`` swaps neighbouring sampled slices in
+else the localisation box on the slices of its range; never the true segmentation, which inference lacks); ``order_jitter`` swaps neighbouring sampled slices in
 training; ``aux_loss_weight`` > 0 gives every training item per-slice targets (:func:`slice_targets`):
 which vertebrae each sampled slice shows and, where ``train_bounding_boxes.csv`` says so, whether it shows
 the fracture.
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from .. import TARGETS, VERTEBRAE
 from ..data.cache import load_study
 from ..data.windows import apply_windows
-from ..localisation.stored_labels import compact, labels_on_grid, load_labels
+from ..localisation.stored_labels import labels_on_grid, load_labels
 from ..localisation.table import CROP_COLUMNS, read_table
 from ..models.registry import model_settings
 from ..paths import localisation_path
@@ -243,10 +243,9 @@ class VertebraCrops:
 
     def vertebra_stack(self, volume: np.ndarray, meta: dict, plan: tuple, out: np.ndarray | None = None,
                        positions: np.ndarray | None = None, vertebra: str | None = None,
-                       mask: np.ndarray | None = None, predicted: np.ndarray | None = None) -> np.ndarray:
-        """(N, C, S, S) float32 for one vertebra of a study, written into ``out`` when given. ``vertebra``,
-        the localiser's compact ``predicted`` labels and the study's ``mask`` (either may be None) feed the
-        mask channel."""
+                       predicted: np.ndarray | None = None) -> np.ndarray:
+        """(N, C, S, S) float32 for one vertebra of a study, written into ``out`` when given. ``vertebra``
+        and the localiser's compact ``predicted`` labels (or None: the box) feed the mask channel."""
         slice_min, slice_max, x0, y0, x1, y1 = plan
         if positions is None:
             positions = self.positions(meta, plan)
@@ -269,7 +268,7 @@ class VertebraCrops:
         # every copy counts); mode="clip" because "raise" would gather into a temporary first
         if self.mask_channel:
             images[...] = slices[inverse.reshape(-1)].reshape(images.shape)  # a strided view: no out= gather
-            target = target_mask(volume.shape, meta, plan, positions, VERTEBRAE.index(vertebra), mask, predicted)
+            target = target_mask(volume.shape, meta, plan, positions, VERTEBRAE.index(vertebra), predicted)
             out[:, -1] = resize_stack(crop_padded(target, box, fill=0.0), size)
         else:
             np.take(slices, inverse.reshape(-1), axis=0, out=out.reshape(-1, *slices.shape[1:]), mode="clip")
@@ -286,8 +285,7 @@ class VertebraCrops:
         return out
 
     def study_stacks(self, volume: np.ndarray, meta: dict, plans: dict[str, tuple], vertebrae=VERTEBRAE,
-                     mask: np.ndarray | None = None, positions_out: list | None = None,
-                     predicted: np.ndarray | None = None) -> np.ndarray:
+                     positions_out: list | None = None, predicted: np.ndarray | None = None) -> np.ndarray:
         """(len(vertebrae), N, C, S, S); a vertebra without a plan takes :func:`fallback_plan`. The sampled
         volume indices of each vertebra are appended to ``positions_out`` when given."""
         size = self.crop_size
@@ -295,7 +293,7 @@ class VertebraCrops:
         for i, v in enumerate(vertebrae):
             plan = plans.get(v) or fallback_plan(meta, v)
             positions = self.positions(meta, plan)
-            self.vertebra_stack(volume, meta, plan, out=out[i], positions=positions, vertebra=v, mask=mask,
+            self.vertebra_stack(volume, meta, plan, out=out[i], positions=positions, vertebra=v,
                                 predicted=predicted)
             if positions_out is not None:
                 positions_out.append(positions)
@@ -303,16 +301,13 @@ class VertebraCrops:
 
 
 def target_mask(shape: tuple, meta: dict, plan: tuple, positions: np.ndarray, vertebra_index: int,
-                mask: np.ndarray | None, predicted: np.ndarray | None = None) -> np.ndarray:
+                predicted: np.ndarray | None) -> np.ndarray:
     """(N, H, W) float32 on the cached grid: the target vertebra on each sampled slice. The localiser's
-    compact ``predicted`` labels when given (what inference has for every study, so training uses them
-    first), else the segmentation's label where the study has one, else its localisation box on the
-    slices of its range (1 inside)."""
+    compact ``predicted`` labels when given (what inference has for every study; a segmented training
+    study uses them too, not its truth), else its localisation box on the slices of its range (1 inside)."""
     positions = np.asarray(positions, dtype=int)
     if predicted is not None:
         return (labels_on_grid(predicted, positions, shape) == vertebra_index + 1).astype(np.float32)
-    if mask is not None:
-        return (np.asarray(mask[positions]) == vertebra_index + 1).astype(np.float32)
     slice_min, slice_max, x0, y0, x1, y1 = plan
     rows, cols = meta.get("original_shape", shape[1:])
     sy, sx = shape[1] / rows, shape[2] / cols
@@ -357,12 +352,12 @@ class VertebraDataset(torch.utils.data.Dataset):
         when this dataset makes them."""
         uid = self.study_uids[index]
         targets = self.box_slices is not None
-        study = load_study(self.cache_dir, self.split, uid, with_mask=targets or self.crops.mask_channel)
+        study = load_study(self.cache_dir, self.split, uid, with_mask=targets)
         plans = self.plans.get(uid, {})
         positions: list = []
         predicted = load_labels(self.cache_dir, self.split, uid) if self.crops.mask_channel else None
-        stacks = self.crops.study_stacks(study.volume, study.meta, plans, vertebrae, mask=study.mask,
-                                         positions_out=positions, predicted=predicted)
+        stacks = self.crops.study_stacks(study.volume, study.meta, plans, vertebrae, positions_out=positions,
+                                         predicted=predicted)
         item = {"images": torch.from_numpy(stacks)}
         if targets:
             numbers = study.meta["slice_numbers"]
