@@ -76,6 +76,21 @@ def save_untrained_run(runs_dir, name, data_dir, extra=(), fold=0, seed=0):
     return folder
 
 
+def save_member_runs(runs_dir, data_dir) -> None:
+    """The untrained runs the inference tests ensemble: effnet_gru and the localiser it needs (fold 0),
+    cnn3d folds 0 and 1 (fold 1 from another seed)."""
+    for name in ("effnet_gru", "localiser", "cnn3d"):
+        save_untrained_run(runs_dir, name, data_dir)
+    save_untrained_run(runs_dir, "cnn3d", data_dir, fold=1, seed=1)
+
+
+def write_train_labels(path, n_studies: int, rng) -> None:
+    """A train.csv of random labels (about 30% positive) for studies 1.2.3.0 .. 1.2.3.<n-1>."""
+    labels = pd.DataFrame((rng.random((n_studies, 8)) < 0.3).astype(int), columns=TARGETS)
+    labels.insert(0, "StudyInstanceUID", [f"1.2.3.{i}" for i in range(n_studies)])
+    labels.to_csv(path, index=False)
+
+
 def run_infer(data_dir, runs_dir, out, *extra):
     if not any(arg.startswith("members=") for arg in extra):
         extra = ("members=[effnet_gru,cnn3d]", *extra)  # both model families unless a test names its own

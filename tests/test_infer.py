@@ -19,7 +19,8 @@ from src.inference.test_csv import build_submission, check_submission, read_test
 from src.metric import SubmissionError, to_wide
 
 from infer_helpers import (MODELS, cached_studies_as_dicom, infer, neck_volume, read_submission, run_infer,
-                           save_untrained_run, write_study, write_test_csv)
+                           save_member_runs, write_study, write_test_csv,
+                           write_train_labels)
 
 GOOD = ["1.2.826.7.1", "1.2.826.7.2"]
 CORRUPT_SLICE, UNREADABLE, ABSENT, NOT_NAMED = "1.2.826.7.3", "1.2.826.7.4", "1.2.826.7.5", "1.2.826.7.6"
@@ -41,18 +42,14 @@ def data_dir(tmp_path_factory):
     for i in range(1, 13):
         (images / UNREADABLE / f"{i}.dcm").write_bytes(b"not a dicom file" * 10)
     write_test_csv(root / "test.csv", GOOD + [CORRUPT_SLICE, UNREADABLE, ABSENT, BAD_UID])
-    labels = pd.DataFrame((rng.random((40, 8)) < 0.3).astype(int), columns=TARGETS)
-    labels.insert(0, "StudyInstanceUID", [f"1.2.3.{i}" for i in range(40)])
-    labels.to_csv(root / "train.csv", index=False)
+    write_train_labels(root / "train.csv", 40, rng)
     return root
 
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory, data_dir):
     runs = tmp_path_factory.mktemp("runs")
-    for name in ("cnn3d", "effnet_gru", "localiser"):
-        save_untrained_run(runs, name, data_dir)
-    save_untrained_run(runs, "cnn3d", data_dir, fold=1, seed=1)
+    save_member_runs(runs, data_dir)
     return runs
 
 

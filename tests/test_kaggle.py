@@ -12,10 +12,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from src import TARGETS
 from src.inference.settings import load_infer_config
 from src.kaggle import settings as kaggle_settings
 from src.packaging import check as check_module
@@ -25,7 +23,7 @@ from src.packaging.environment import INFERENCE_NEEDS, KAGGLE_IMAGE, canonical, 
 from src.packaging.push import NO_CREDENTIALS, PushError, push
 from src.packaging.wheels import platform_tags, read_requirements
 
-from infer_helpers import neck_volume, save_untrained_run, write_study, write_test_csv
+from infer_helpers import neck_volume, save_member_runs, write_study, write_test_csv, write_train_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 UIDS = ["1.2.826.9.1", "1.2.826.9.2"]
@@ -38,18 +36,14 @@ def data_dir(tmp_path_factory):
     for uid in UIDS:
         write_study(root / "test_images", uid, neck_volume(rng))
     write_test_csv(root / "test.csv", UIDS)
-    labels = pd.DataFrame((rng.random((20, 8)) < 0.3).astype(int), columns=TARGETS)
-    labels.insert(0, "StudyInstanceUID", [f"1.2.3.{i}" for i in range(20)])
-    labels.to_csv(root / "train.csv", index=False)
+    write_train_labels(root / "train.csv", 20, rng)
     return root
 
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory, data_dir):
     runs = tmp_path_factory.mktemp("runs")
-    for name in ("effnet_gru", "localiser", "cnn3d"):
-        save_untrained_run(runs, name, data_dir)
-    save_untrained_run(runs, "cnn3d", data_dir, fold=1, seed=1)
+    save_member_runs(runs, data_dir)
     (runs / "effnet_gru" / "fold0" / "metrics.json").write_text(json.dumps({"score": 0.42}))
     return runs
 
