@@ -132,3 +132,36 @@ def test_a_repaired_study_keeps_labels_renumbered_to_its_repaired_ranges():
     assert out[15, 3, 3] == 3 and out[5, 3, 3] == 2 and out[65, 3, 3] == 7
     assert out[0, 0, 0] == 9 and out[20, 0, 1] == 0       # thoracic and background untouched
     assert labels[15, 3, 3] == 2                          # the labels given are not changed in place
+
+
+def test_the_localiser_hands_over_labels_only_to_inputs_that_read_them(monkeypatch):
+    """Only a mask-channel input asks for the localiser's voxel labels; without one the labels are
+    neither compacted nor passed on."""
+    from omegaconf import OmegaConf
+
+    import src.localisation.predict as predict
+    from src.inference.inputs import input_spec
+    from src.inference.localiser import Localiser
+
+    def spec(overrides):
+        return input_spec(OmegaConf.to_container(load_config(overrides), resolve=True))
+
+    assert spec(TINY).needs_labels
+    assert not spec([*TINY, "effnet_gru.mask_channel=false"]).needs_labels
+    assert not spec(["config=cnn3d"]).needs_labels
+
+    asked = []
+
+    def fake_localise(models, volume, meta, cfg, study_uid=None, levels=None, repair=False, with_labels=False):
+        asked.append(with_labels)
+        rows = pd.DataFrame({"vertebra": VERTEBRAE})
+        return (rows, compact(_labels())) if with_labels else rows
+
+    monkeypatch.setattr(predict, "localise_volume", fake_localise)
+    localiser = Localiser("localiser", models=["a model"], cfg={"prepare": {"size": 64}})
+    volumes = {64: (np.zeros((20, 64, 64), np.int16), {})}
+    rows, labels = localiser.rows_for("1.2.3", volumes)
+    assert labels is None and list(rows["StudyInstanceUID"].unique()) == ["1.2.3"]
+    _, labels = localiser.rows_for("1.2.3", volumes, with_labels=True)
+    assert labels is not None and np.array_equal(labels_on_grid(labels, np.arange(20), (20, 64, 64)), _labels())
+    assert asked == [False, True]

@@ -30,6 +30,7 @@ class InputSpec:
     task: str                  # the registered task that builds it
     size: int                  # the cache size (prepare.size) of the volume it is built from
     needs_localisation: bool   # built after the localiser (the model's class says so)
+    needs_labels: bool         # reads the localiser's voxel labels too (the task's wants_labels says so)
     cfg: dict                  # the plain config of a fold fed by it
 
 
@@ -42,13 +43,15 @@ def input_spec(cfg: dict) -> InputSpec:
 
     model_cls = get_model_class(cfg["model"])
     task = model_task(model_cls)
-    if not hasattr(get_task_class(task), "study_batch"):
+    task_cls = get_task_class(task)
+    if not hasattr(task_cls, "study_batch"):
         raise ValueError(f"model '{cfg['model']}' uses task '{task}', which builds no inference batch "
                          f"(a task's study_batch, src/tasks/__init__.py)")
     size = int(cfg["prepare"]["size"])
     decided_by = {"task": task, "size": size, "windows": cfg["windows"], "settings": model_settings(cfg)}
-    return InputSpec(yaml.safe_dump(decided_by, sort_keys=True), task, size,
-                     bool(getattr(model_cls, "needs_localisation", False)), cfg)
+    needs_localisation = bool(getattr(model_cls, "needs_localisation", False))
+    needs_labels = needs_localisation and bool(getattr(task_cls, "wants_labels", lambda _: False)(cfg))
+    return InputSpec(yaml.safe_dump(decided_by, sort_keys=True), task, size, needs_localisation, needs_labels, cfg)
 
 
 def build_inputs(specs, volumes: dict[int, tuple[np.ndarray, dict]], localisation: pd.DataFrame | None,

@@ -39,10 +39,12 @@ class Localiser:
     def size(self) -> int:
         return int(self.cfg["prepare"]["size"])
 
-    def rows_for(self, uid: str, volumes: dict[int, tuple[np.ndarray, dict]]) -> tuple[pd.DataFrame, np.ndarray | None]:
-        """The study's seven rows, and the localiser's voxel labels in compact form (the mask channel's
-        source, src/localisation/stored_labels.py): rows from the given table when it has them all (then
-        no labels: a mask channel falls back to the boxes), else both from the models."""
+    def rows_for(self, uid: str, volumes: dict[int, tuple[np.ndarray, dict]],
+                 with_labels: bool = False) -> tuple[pd.DataFrame, np.ndarray | None]:
+        """The study's seven rows, and with ``with_labels`` the localiser's voxel labels in compact form
+        (the mask channel's source, src/localisation/stored_labels.py; else None): rows from the given
+        table when it has them all (then no labels: a mask channel falls back to the boxes), else both
+        from the models."""
         if self.table is not None:
             rows = self.table[self.table["StudyInstanceUID"] == uid]
             if set(rows["vertebra"]) >= set(VERTEBRAE):
@@ -52,8 +54,9 @@ class Localiser:
         if not self.models:
             raise RuntimeError(f"no localiser models (run '{self.run}') and no table rows for {uid}")
         volume, meta = volumes[self.size]
-        rows, labels = localise_volume(self.models, volume, meta, self.cfg, study_uid=uid, levels=self.levels,
-                                       repair=self.repair, with_labels=True)
+        found = localise_volume(self.models, volume, meta, self.cfg, study_uid=uid, levels=self.levels,
+                                repair=self.repair, with_labels=with_labels)
+        rows, labels = found if with_labels else (found, None)
         rows["StudyInstanceUID"] = uid
         return rows, labels
 

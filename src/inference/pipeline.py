@@ -103,7 +103,8 @@ class Predictor:
         if late and self.localiser is not None:
             start = time.perf_counter()
             try:
-                localisation, labels = self.localiser.rows_for(uid, study.volumes)
+                localisation, labels = self.localiser.rows_for(uid, study.volumes,
+                                                               with_labels=any(s.needs_labels for s in late))
                 record_levels(log, uid, localisation)
             except Exception as err:
                 log.add("localiser", uid, f"{one_line(err)}; vertebrae placed by an even split")

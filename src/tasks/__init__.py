@@ -22,7 +22,9 @@ A task is a class registered with ``@register_task("name")`` in a module of this
   ``init_label_prior(rates)`` if it has one.
 - for inference, the class method ``study_batch(cfg, volume, meta, localisation, labels=None) -> batch``:
   one test study's arrays as the one-item batch its validation loader would give (src/inference calls
-  it; ``labels`` are the localiser's compact voxel labels, src/localisation/stored_labels.py, or None).
+  it; ``labels`` are the localiser's compact voxel labels, src/localisation/stored_labels.py, or None),
+  and optionally ``wants_labels(cfg) -> bool``: whether that batch reads ``labels`` at all (absent: no),
+  so that the localiser hands them over only when a member will use them.
 
 Registered here: ``volume`` (whole-volume classifiers, src/tasks/volume.py) and ``vertebra``
 (per-vertebra crops, src/tasks/vertebra.py), both subclasses of

@@ -450,6 +450,11 @@ class VertebraTask(StudyClassificationTask):
         return studies  # validation always predicts whole studies: one oof row each
 
     @classmethod
+    def wants_labels(cls, cfg) -> bool:
+        """Only the mask channel reads the localiser's voxel labels."""
+        return bool(model_settings(cfg).get("mask_channel", False))
+
+    @classmethod
     def study_batch(cls, cfg, volume: np.ndarray, meta: dict, localisation: pd.DataFrame | None,
                     labels: np.ndarray | None = None) -> dict:
         """The validation item from the study's localisation rows; without them (or for a vertebra
