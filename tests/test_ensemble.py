@@ -118,7 +118,7 @@ def oof_runs(tmp_path):
 
 def test_cli_writes_the_file_infer_reads(oof_runs, capsys):
     from src.ensemble import main
-    from src.inference.settings import resolve_members
+    from src.inference.settings import resolve_ensemble
 
     result = main([f"runs_dir={oof_runs}", "runs=good,useless"])
     out = capsys.readouterr().out
@@ -128,13 +128,14 @@ def test_cli_writes_the_file_infer_reads(oof_runs, capsys):
     assert np.isclose(sum(saved["weights"]), 1) and saved["weights"][0] > 0.9
     assert saved["nested_cv"]["score"] == result["nested_cv"]["score"]
     cfg = {"members": ["useless", "good"], "ensemble": "auto", "combine": "auto", "runs_dir": str(oof_runs)}
-    members, space, source = resolve_members(cfg, announce=lambda *_: None)
-    assert [m.run for m in members] == ["good", "useless"] and space == saved["combine"]
-    assert [m.weight for m in members] == saved["weights"] and "ensemble.json" in source
+    choice = resolve_ensemble(cfg, announce=lambda *_: None)
+    assert [m.run for m in choice.members] == ["good", "useless"] and choice.combine == saved["combine"]
+    assert [m.weight for m in choice.members] == saved["weights"] and "ensemble.json" in choice.source
     other = dict(cfg, members=["good"])
     notes = []
-    members, space, _ = resolve_members(other, announce=notes.append)
-    assert [m.weight for m in members] == [1.0] and space == "prob" and "fitted for" in notes[0]
+    choice = resolve_ensemble(other, announce=notes.append)
+    assert [m.weight for m in choice.members] == [1.0] and choice.combine == "prob" and "fitted for" in notes[0]
+    assert choice.calibration is None and choice.patient is None  # the file fitted for other members is not used
 
 
 def test_an_unfinished_fold_is_not_fitted_on(oof_runs):

@@ -37,7 +37,7 @@ from .localiser import Localiser, load_localiser
 from .members import Member, MemberLoadError, finite_probs, load_member
 from .memory import keep_freed_memory
 from .prior import label_prior
-from .settings import resolve_adjustments, resolve_members, resolve_test_data
+from .settings import resolve_ensemble, resolve_test_data
 from .studies import ReadPlan, ReadStudy, StudyReader, read_study
 from .test_csv import build_submission, read_test_rows, study_order, write_submission
 
@@ -161,8 +161,9 @@ def load_predictor(cfg: dict, announce=print, log: FallbackLog | None = None) ->
     except RuntimeError as err:  # device=cuda without one: a setting, so one line
         raise ConfigError(str(err)) from None
     runs_dir = _abs(cfg["runs_dir"])
-    specs, combine, source = resolve_members(cfg, announce)
-    calibration, patient = resolve_adjustments(cfg)
+    choice = resolve_ensemble(cfg, announce)
+    specs, combine, source = choice.members, choice.combine, choice.source
+    calibration, patient = choice.calibration, choice.patient
     if patient is not None:
         announce(f"[ensemble] patient_overall from the {patient['method']} patient model of {source}")
     announce(f"[ensemble] weights from {source}; combine in {combine} space; device {device}; "

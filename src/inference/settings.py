@@ -130,15 +130,25 @@ def chosen_ensemble(cfg: dict, members, announce=print) -> tuple[dict | None, st
     return read_ensemble_file(path), f"{path} (fitted by src.ensemble)"
 
 
-def resolve_members(cfg: dict, announce=print) -> tuple[list[MemberSpec], str, str]:
-    """(members with their final weights, combine space, where the weights came from).
+@dataclass
+class EnsembleChoice:
+    members: list            # MemberSpec, with their final weights
+    combine: str             # the space the members are combined in: prob | logit
+    source: str              # where the weights came from (the ensemble file, or configs/infer.yaml)
+    calibration: dict | None = None  # what the ensemble file kept beyond the weights: its calibration
+    patient: dict | None = None      # and its patient-level model; None when there is none
 
-    The weights come from the ensemble file :func:`chosen_ensemble` picks, whose members then replace the
-    configured ones (their folds are kept when a run is configured too), else from configs/infer.yaml.
+
+def resolve_ensemble(cfg: dict, announce=print) -> EnsembleChoice:
+    """The members, their weights and what goes with them, from one reading of the ensemble file
+    :func:`chosen_ensemble` picks: its members replace the configured ones (their folds are kept when a run
+    is configured too), and its calibration and patient model come along (None for calibration ``none``
+    and patient ``keep``). Without a file, the members and weights of configs/infer.yaml alone.
     """
     members = parse_members(cfg["members"])
     data, source = chosen_ensemble(cfg, members, announce)
     combine = cfg["combine"]
+    calibration = patient = None
     if data is not None:
         folds = {m.run: m.folds for m in members}
         members = [MemberSpec(str(run), float(w), folds.get(str(run), "all"))
@@ -147,16 +157,9 @@ def resolve_members(cfg: dict, announce=print) -> tuple[list[MemberSpec], str, s
             combine = data["combine"]
         if sum(m.weight for m in members) <= 0:
             raise ConfigError(f"{source}: every weight is 0")
+        calibration, patient = data.get("calibration"), data.get("patient")
     if combine == "auto":
         combine = "prob"
-    return members, combine, source
-
-
-def resolve_adjustments(cfg: dict) -> tuple[dict | None, dict | None]:
-    """What the chosen ensemble file kept beyond the weights, read once: (its calibration, its
-    patient-level model), each None when there is none (calibration ``none``, patient ``keep``)."""
-    data, _ = chosen_ensemble(cfg, parse_members(cfg["members"]), announce=lambda *_: None)
-    calibration = (data or {}).get("calibration")
-    patient = (data or {}).get("patient")
-    return (calibration if calibration and calibration.get("method", "none") != "none" else None,
-            patient if patient and patient.get("method", "keep") != "keep" else None)
+    return EnsembleChoice(members, combine, source,
+                          calibration if calibration and calibration.get("method", "none") != "none" else None,
+                          patient if patient and patient.get("method", "keep") != "keep" else None)

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from ..config import ConfigError
-from ..inference.settings import resolve_members
+from ..inference.settings import resolve_ensemble
 from ..paths import _abs
 from ..runs import ENSEMBLE_FILE, FINISHED_MARKER, ensemble_path, read_run_config, select_folds
 
@@ -58,13 +58,13 @@ def choose(cfg: dict, announce=print) -> dict:
     RunNotFoundError (listing what exists) for a run or fold that is not there.
     """
     runs_dir = _abs(cfg["runs_dir"])
-    specs, combine, source = resolve_members(cfg, announce)
+    choice = resolve_ensemble(cfg, announce)
     members = [{"run": s.run, "weight": s.weight, "folds": select_folds(runs_dir, s.run, s.folds)}
-               for s in specs if s.weight > 0]
+               for s in choice.members if s.weight > 0]
     localiser = None
     if any(needs_localiser(folder) for m in members for folder in m["folds"].values()):
         localiser = (cfg["localiser"], select_folds(runs_dir, cfg["localiser"], "all"))
-    return {"members": members, "combine": combine, "source": source, "localiser": localiser}
+    return {"members": members, "combine": choice.combine, "source": choice.source, "localiser": localiser}
 
 
 def write_weights(choice: dict, runs_dir: Path, out: Path) -> dict:
