@@ -1,16 +1,19 @@
-"""Which stage-2 ingredients earn their place? The default experiment trained with each switched on, on the
-same folds and seeds, in one table.
+"""Which stage-2 ingredients earn their place? The default experiment trained with each switched the other way,
+on the same folds and seeds, in one table.
 
     python benchmarks/ablation.py                                          # demo data, folds 0 and 1, all ingredients
     python benchmarks/ablation.py --folds 0 --ingredients aux mixup -- epochs=3   # key=value overrides after --
     python benchmarks/ablation.py --data-dir /tmp/synth2 --synth seed=7 seg_fraction=0.3 box_fraction=0.15
     python benchmarks/ablation.py --report-only                            # the table from runs already there
 
-Each variant is ``bash train.sh``'s default experiment (configs/effnet_gru.yaml, its demo profile on
-synthetic data) with the overrides of one ingredient (:data:`INGREDIENTS`), trained by ``python -m src.train``
-(niced, one at a time: the folds, seeds and data order are the config's, the same for every variant) into
-``<runs-dir>/ablation_<variant>/fold<k>/``; ``base`` has none and ``all`` every training ingredient. A run
-already finished is not trained again, so a stopped ablation continues where it stopped.
+``base`` is ``bash train.sh``'s default experiment as configured (configs/effnet_gru.yaml, its demo profile
+on synthetic data, plus the overrides after ``--``). Each ingredient (:data:`INGREDIENTS`) is switched the
+other way in one variant: on where base has it off (the variant is named after it), off where base has it
+on (``no_<name>``, e.g. ``no_aux`` on the demo, whose profile trains with the auxiliary loss); ``all``
+switches on every training ingredient base lacks. Each is trained by ``python -m src.train`` (niced, one at
+a time: the folds, seeds and data order are the config's, the same for every variant) into
+``<runs-dir>/ablation_<variant>/fold<k>/``. A run already finished is not trained again, so a stopped
+ablation continues where it stopped.
 ``patient`` trains nothing: it is the patient-level model of src/ensembling/patient.py (logistic on the
 seven vertebra logits) fitted on the base variant's out-of-fold rows and scored by nested CV, over the
 folds given (with one fold, over 5 random groups of its studies) exactly as ``src.ensemble`` judges it.
@@ -35,28 +38,45 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# variant -> the config overrides that switch it on (the 1st/4th/5th-place settings, issue 18)
+# ingredient -> (its config key, the value that switches it on, the value that switches it off); the on
+# values are the winners' settings (1st/4th/5th place, issue 18) except aux, whose demo-measured 1.0 it is
 INGREDIENTS = {
-    "aux": ["effnet_gru.aux_loss_weight=0.25"],
-    "mask": ["effnet_gru.mask_channel=true"],
-    "order_jitter": ["effnet_gru.order_jitter=0.2"],
-    "mixup": ["effnet_gru.mixup_prob=0.5"],
-    "top_k": ["average_top_k=5"],
+    "aux": ("effnet_gru.aux_loss_weight", "1.0", "0.0"),
+    "mask": ("effnet_gru.mask_channel", "true", "false"),
+    "order_jitter": ("effnet_gru.order_jitter", "0.2", "0.0"),
+    "mixup": ("effnet_gru.mixup_prob", "0.5", "0.0"),
+    "top_k": ("average_top_k", "5", "0"),
 }
 POST_HOC = ("patient",)  # computed from base's oof rows, no training
 
 
-def variant_overrides(variant: str) -> list[str]:
-    if variant == "base":
-        return []
-    if variant == "all":
-        return [o for name in INGREDIENTS for o in INGREDIENTS[name]]
-    return list(INGREDIENTS[variant])
+def is_on(cfg, key: str) -> bool:
+    """Whether ``cfg`` (a resolved config) has the ingredient at ``key`` switched on."""
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return bool(node) and float(node) > (1 if key == "average_top_k" else 0)
 
 
-def train_variant(variant: str, fold: int, common: list[str], nice: int, log_dir: Path) -> None:
+def variants_for(cfg, ingredients: list[str]) -> dict[str, list[str]]:
+    """{variant: its overrides}: ``base`` is the config as it is; each ingredient is switched the other way,
+    named after it when that switches it on and ``no_<name>`` when it is on already and switches it off;
+    ``all`` switches on every training ingredient that is off."""
+    variants = {"base": []}
+    for name in ingredients:
+        if name in POST_HOC:
+            variants[name] = []
+        elif name == "all":
+            variants["all"] = [f"{key}={on}" for key, on, _ in INGREDIENTS.values() if not is_on(cfg, key)]
+        else:
+            key, on, off = INGREDIENTS[name]
+            variants[f"no_{name}" if is_on(cfg, key) else name] = [f"{key}={off}" if is_on(cfg, key) else f"{key}={on}"]
+    return variants
+
+
+def train_variant(variant: str, overrides: list[str], fold: int, common: list[str], nice: int, log_dir: Path) -> None:
     """``python -m src.train`` for one variant and fold (skipped when its metrics.json exists)."""
-    args = [f"experiment=ablation_{variant}", f"fold={fold}", *common, *variant_overrides(variant)]
+    args = [f"experiment=ablation_{variant}", f"fold={fold}", *common, *overrides]
     command = [sys.executable, "-m", "src.train", *args]
     if nice:
         command = ["nice", "-n", str(nice), *command]
@@ -169,18 +189,21 @@ def main() -> None:
             command = [sys.executable, "-m", "src.synthesise", f"out={Path(args.data_dir).resolve()}", *args.synth]
             print(f"[ablation] writing a synthetic dataset: {' '.join(command[2:])}", flush=True)
             subprocess.check_call((["nice", "-n", str(args.nice)] if args.nice else []) + command, cwd=ROOT)
-    variants = ["base", *[v for v in args.ingredients if v != "base"]]
+    cfg = load_config([a for a in common if not a.startswith(("progress=", "wandb."))])
+    variants = variants_for(cfg, args.ingredients)
+    for variant, overrides in variants.items():
+        if overrides:
+            print(f"[ablation] {variant}: {' '.join(overrides)}", flush=True)
     if not args.report_only:
         for fold in args.folds:
-            for variant in variants:
+            for variant, overrides in variants.items():
                 if variant in POST_HOC or (runs_dir / f"ablation_{variant}" / f"fold{fold}" / "metrics.json").exists():
                     continue
-                train_variant(variant, fold, common, args.nice, runs_dir / "logs")
-    cfg = load_config([a for a in common if not a.startswith(("progress=", "wandb."))])
+                train_variant(variant, overrides, fold, common, args.nice, runs_dir / "logs")
     from src.data.demo import resolve_data_dir
 
     truth = read_labels(resolve_data_dir(cfg, announce=lambda *a, **k: None))
-    result = table(runs_dir, variants, args.folds, truth)
+    result = table(runs_dir, list(variants), args.folds, truth)
     if result.empty:
         raise SystemExit("[ablation] no finished variant to report")
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.4f}".format):

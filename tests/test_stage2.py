@@ -159,7 +159,7 @@ def _model(*extra):
 def test_aux_weight_zero_is_the_old_loss_and_a_weight_adds_the_slice_loss():
     batch = _batch()
     plain = {k: batch[k] for k in ("images", "labels")}
-    off, on = _model().train(), _model("effnet_gru.aux_loss_weight=0.5").train()
+    off, on = _model("effnet_gru.aux_loss_weight=0").train(), _model("effnet_gru.aux_loss_weight=0.5").train()
     assert not hasattr(off, "slice_head")
     shared = {k: v for k, v in on.state_dict().items() if not k.startswith("slice_head")}
     assert all(torch.equal(v, off.state_dict()[k]) for k, v in shared.items())  # same weights but the new head
@@ -403,7 +403,12 @@ def test_ablation_table_per_fold_mean_and_difference_from_base(tmp_path):
         "ablation", Path(__file__).resolve().parent.parent / "benchmarks" / "ablation.py")
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
-    assert ablation.variant_overrides("base") == [] and "effnet_gru.mask_channel=true" in ablation.variant_overrides("all")
+    off = ablation.variants_for(load_config(["effnet_gru.aux_loss_weight=0"]), ["aux", "mask", "all", "patient"])
+    assert off["base"] == [] and off["patient"] == [] and off["aux"] == ["effnet_gru.aux_loss_weight=1.0"]
+    assert {"effnet_gru.mask_channel=true", "effnet_gru.aux_loss_weight=1.0"} <= set(off["all"])
+    on = ablation.variants_for(load_config(["effnet_gru.aux_loss_weight=0.5"]), ["aux", "all"])
+    assert set(on) == {"base", "no_aux", "all"} and on["no_aux"] == ["effnet_gru.aux_loss_weight=0.0"]
+    assert not any(o.startswith("effnet_gru.aux_loss_weight") for o in on["all"])
     labels, probs, folds = _oof(n=200)
     uids = [f"1.{i}" for i in range(len(labels))]
     truth = pd.DataFrame(labels, columns=TARGETS).assign(StudyInstanceUID=uids)
