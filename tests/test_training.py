@@ -51,8 +51,10 @@ def test_run_folder_holds_everything_the_spec_names(tiny, straight_run):
         assert (folder / name).exists(), name
     history = pd.read_csv(folder / "history.csv")
     assert list(history["epoch"]) == [0, 1]
-    for column in ["train_loss", "val_loss", "score", "lr", "seconds", *[f"val_{t}_logloss" for t in TARGETS]]:
+    for column in ["train_loss", "val_loss", "score", "lr", "seconds", "train_items_per_s",
+                   *[f"val_{t}_logloss" for t in TARGETS]]:
         assert column in history.columns and history[column].notna().all(), column
+    assert (history["train_items_per_s"] > 0).all() and "peak_gpu_gib" not in history  # CPU: no GPU memory
     saved = json.loads((folder / "metrics.json").read_text())
     assert saved["score"] == pytest.approx(metrics["score"])
     assert {"prior_score", "per_target_logloss", "per_target_auc", "best_epoch", "n_val"} <= set(saved)

@@ -17,7 +17,7 @@ head plus a per-vertebra bias gives its logit. patient_overall comes from the se
 assuming independence), ``max``, or ``learned`` (a small head on the pooled vertebra embeddings).
 The loss is the competition metric itself (src.models.losses), so training sees all eight targets.
 
-Opt-in (issue 18): ``mask_channel`` adds one input channel (the target vertebra's mask);
+Stage-2 switches (issue 18; configs/effnet_gru.yaml turns on the auxiliary loss): ``mask_channel`` adds one input channel (the target vertebra's mask);
 ``aux_loss_weight`` > 0 adds a per-slice head on the GRU's slice features, trained on the items' per-slice
 targets (which vertebrae a slice shows, whether it shows the fracture) with that weight beside the
 competition loss; ``mixup_prob`` mixes training items in pairs (src/models/mixup.py).
@@ -161,7 +161,7 @@ class EffNetGRU(nn.Module):
             self.patient_mlp = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
         self.mixup_prob, self.mixup_alpha = float(c.get("mixup_prob", 0.0)), float(c.get("mixup_alpha", 0.4))
         self.aux_loss_weight = float(c.get("aux_loss_weight", 0.0))
-        if self.aux_loss_weight > 0:  # made last and only when on: the default model's weights are unchanged
+        if self.aux_loss_weight > 0:  # made last and only when on: a model without it has the same weights
             self.slice_head = nn.Linear(2 * hidden, N_VERTEBRAE + 1)  # which vertebrae a slice shows, fracture
 
     def init_label_prior(self, rates) -> None:

@@ -68,7 +68,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def history_row(epoch: int, train_loss: float, val_loss: float, metrics: dict, monitor: str, lr: float,
-                seconds: float) -> dict:
+                seconds: float, speed: dict | None = None) -> dict:
+    """One history.csv row (and W&B step): losses, the monitored metric, the rest of the metrics flattened,
+    the epoch's wall time and ``speed`` (:func:`_train_one_epoch`'s training items/s and peak GPU memory)."""
     row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, monitor: metrics[monitor], "lr": lr}
     for key, value in metrics.items():
         if key == monitor:
@@ -79,6 +81,7 @@ def history_row(epoch: int, train_loss: float, val_loss: float, metrics: dict, m
         elif isinstance(value, (int, float)):
             row[key] = value
     row["seconds"] = round(seconds, 2)
+    row.update(speed or {})
     return row
 
 
@@ -195,8 +198,8 @@ def _fit(cfg, task, run_folder: Path, start: Start, dataset_kind: str, announce)
     try:
         for epoch in range(run.start_epoch, cfg["epochs"]):
             started = time.time()
-            train_loss, lr = _train_one_epoch(run, epoch)
-            _validate(run, epoch, train_loss, lr, started, announce)
+            train_loss, lr, speed = _train_one_epoch(run, epoch)
+            _validate(run, epoch, train_loss, lr, started, announce, speed)
     except BaseException:
         run.logger.abort()
         raise
@@ -296,8 +299,10 @@ def _wrap(run: Training, announce) -> None:
              f"{run.steps_per_epoch} steps per epoch")
 
 
-def _train_one_epoch(run: Training, epoch: int) -> tuple[float, float]:
-    """One pass over the training loader; returns (mean training loss, the learning rate of its last step).
+def _train_one_epoch(run: Training, epoch: int) -> tuple[float, float, dict]:
+    """One pass over the training loader; returns (mean training loss, the learning rate of its last step,
+    speed: ``train_items_per_s`` over all processes and, on a GPU, ``peak_gpu_gib``, this process's peak
+    allocated memory in the epoch's training).
     Stops the run (TrainingStopped) at the first non-finite loss or gradient norm."""
     from tqdm import tqdm
 
@@ -310,6 +315,9 @@ def _train_one_epoch(run: Training, epoch: int) -> tuple[float, float]:
     bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch}", disable=not (cfg["progress"] and ctx.is_main),
                unit="step")
     loss_sum, n_items, lr = 0.0, 0, run.optimizer.param_groups[0]["lr"]
+    on_gpu = run.device.type == "cuda"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(run.device)
     for step, batch in enumerate(run.train_loader):
         if step >= run.steps_per_epoch:
             break
@@ -341,10 +349,14 @@ def _train_one_epoch(run: Training, epoch: int) -> tuple[float, float]:
         bar.set_postfix(loss=f"{loss_sum / n_items:.4f}",
                         samples_s=f"{n_items * ctx.world_size / (time.time() - started):.1f}")
     bar.close()
-    return loss_sum / max(n_items, 1), lr
+    speed = {"train_items_per_s": round(n_items * ctx.world_size / max(time.time() - started, 1e-9), 3)}
+    if on_gpu:
+        speed["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated(run.device) / 2**30, 3)
+    return loss_sum / max(n_items, 1), lr, speed
 
 
-def _validate(run: Training, epoch: int, train_loss: float, lr: float, started: float, announce) -> None:
+def _validate(run: Training, epoch: int, train_loss: float, lr: float, started: float, announce,
+              speed: dict | None = None) -> None:
     """Predict the validation fold, judge it, append history, keep best.pt and last.pt, log the epoch."""
     cfg, ctx = run.cfg, distributed.current()
     distributed.sync_buffers(run.model)
@@ -357,7 +369,7 @@ def _validate(run: Training, epoch: int, train_loss: float, lr: float, started: 
     streams = distributed.all_gather_object(rng_state()) if ctx.enabled else None
     if ctx.is_main:
         metrics, _ = judge(run.task, outputs, run.val_set, run.judged)
-        row = history_row(epoch, train_loss, val_loss, metrics, run.monitor, lr, time.time() - started)
+        row = history_row(epoch, train_loss, val_loss, metrics, run.monitor, lr, time.time() - started, speed)
         run.history.append(row)
         atomic_write_csv(run.folder / "history.csv", pd.DataFrame(run.history))
         improved = run.sign * metrics[run.monitor] < run.sign * run.best_value if run.best_epoch >= 0 else True
