@@ -70,7 +70,10 @@ def variants_for(cfg, ingredients: list[str]) -> dict[str, list[str]]:
             variants["all"] = [f"{key}={on}" for key, on, _ in INGREDIENTS.values() if not is_on(cfg, key)]
         else:
             key, on, off = INGREDIENTS[name]
-            variants[f"no_{name}" if is_on(cfg, key) else name] = [f"{key}={off}" if is_on(cfg, key) else f"{key}={on}"]
+            if is_on(cfg, key):
+                variants[f"no_{name}"] = [f"{key}={off}"]
+            else:
+                variants[name] = [f"{key}={on}"]
     return variants
 
 
