@@ -46,6 +46,7 @@ INGREDIENTS = {
     "order_jitter": ("effnet_gru.order_jitter", "0.2", "0.0"),
     "mixup": ("effnet_gru.mixup_prob", "0.5", "0.0"),
     "top_k": ("average_top_k", "5", "0"),
+    "ema": ("ema_decay", "0.99", "0.0"),
 }
 POST_HOC = ("patient",)  # computed from base's oof rows, no training
 

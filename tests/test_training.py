@@ -117,6 +117,20 @@ def test_resume_with_a_weight_average_restores_both_weights(tiny, monkeypatch):
     assert any(not torch.equal(straight["model"][k], straight["train_model"][k]) for k in straight["model"])
 
 
+def test_a_weight_average_leaves_the_trajectory_alone_and_history_scores_both(tiny):
+    """With ema_decay on, history.csv scores the trained weights beside the average; training itself is
+    unchanged, so that column repeats, epoch by epoch, the score of the same run without the average."""
+    args = TINY_CNN + overrides(tiny, **STRAIGHT)
+    main(args + [f"runs_dir={tiny['runs_dir']}_plain"])
+    main(args + [f"runs_dir={tiny['runs_dir']}_average", "ema_decay=0.8"])
+    plain = pd.read_csv(run_folder({"runs_dir": tiny["runs_dir"] + "_plain"}) / "history.csv")
+    averaged = pd.read_csv(run_folder({"runs_dir": tiny["runs_dir"] + "_average"}) / "history.csv")
+    assert not any(c.startswith("trained_") for c in plain.columns)
+    assert list(averaged["train_loss"]) == list(plain["train_loss"])
+    assert list(averaged["trained_score"]) == list(plain["score"])
+    assert list(averaged["score"]) != list(plain["score"])  # the average is what the score column judges
+
+
 def test_weight_average_follows_the_weights_with_a_ramped_decay():
     from src.training.ema import WeightAverage
 

@@ -366,10 +366,18 @@ def _validate(run: Training, epoch: int, train_loss: float, lr: float, started: 
     if not all(np.isfinite(v).all() for v in outputs.values()):  # gathered: every rank stops alike
         raise TrainingStopped(_stop_message("validation outputs are not finite", epoch, -1, run.last_path,
                                             run.saved_epoch))
+    trained = None
+    if run.average is not None:  # the trained weights too, on the same trajectory: does the average help?
+        # a loader pass draws its worker seed from the global generator: forked, so training draws as it
+        # would without this pass, and the trained weights follow the same path as with ema_decay=0
+        with torch.random.fork_rng(devices=[]):
+            _, trained = predict(run.model, run.val_loader, run.device, run.autocast, cfg["channels_last"])
     streams = distributed.all_gather_object(rng_state()) if ctx.enabled else None
     if ctx.is_main:
         metrics, _ = judge(run.task, outputs, run.val_set, run.judged)
         row = history_row(epoch, train_loss, val_loss, metrics, run.monitor, lr, time.time() - started, speed)
+        if trained is not None:
+            row[f"trained_{run.monitor}"] = judge(run.task, trained, run.val_set, run.model)[0][run.monitor]
         run.history.append(row)
         atomic_write_csv(run.folder / "history.csv", pd.DataFrame(run.history))
         improved = run.sign * metrics[run.monitor] < run.sign * run.best_value if run.best_epoch >= 0 else True
@@ -386,8 +394,10 @@ def _validate(run: Training, epoch: int, train_loss: float, lr: float, started: 
     if ctx.is_main:
         run.logger.log_epoch(row, epoch)
         prior = f"  (prior {metrics['prior_score']:.4f})" if "prior_score" in metrics else ""
+        plain = f" (trained weights {row[f'trained_{run.monitor}']:.4f})" if run.average is not None else ""
         announce(f"[epoch {epoch}] train_loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
-                 f"{run.monitor} {metrics[run.monitor]:.4f}{prior}  {row['seconds']:.0f} s" + ("  *best" if improved else ""))
+                 f"{run.monitor} {metrics[run.monitor]:.4f}{plain}{prior}  {row['seconds']:.0f} s"
+                 + ("  *best" if improved else ""))
 
 
 def _finish(run: Training, announce) -> dict:
