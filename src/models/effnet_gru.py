@@ -18,10 +18,10 @@ assuming independence), ``max``, or ``learned`` (a small head on the pooled vert
 The loss is the competition metric itself (src.models.losses), so training sees all eight targets.
 
 Stage-2 switches (issue 18; configs/effnet_gru.yaml turns on the auxiliary loss): ``mask_channel`` adds
-one input channel (the target vertebra's mask);
-``aux_loss_weight`` > 0 adds a per-slice head on the GRU's slice features, trained on the items' per-slice
-targets (which vertebrae a slice shows, whether it shows the fracture) with that weight beside the
-competition loss; ``mixup_prob`` mixes training items in pairs (src/models/mixup.py).
+one input channel (the target vertebra's mask); ``aux_loss_weight`` > 0 adds a per-slice head on the
+GRU's slice features, trained on the items' per-slice targets (which vertebrae a slice shows, whether it
+shows the fracture) with that weight beside the competition loss; ``mixup_prob`` mixes training items in
+pairs (src/models/mixup.py).
 
 Imports only torch and timm: the GPU box and inference need nothing else.
 """

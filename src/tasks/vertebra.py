@@ -17,12 +17,12 @@ validation write one out-of-fold row per study. A study missing from the table, 
 is still predicted: its vertebrae fall back to even slices of the whole study and the full slice.
 
 Stage-2 extras (issue 18; off in configs/default.yaml, the default experiment switches on
-``aux_loss_weight``): ``mask_channel`` appends the target vertebra's mask on each
-sampled slice as one more channel (the localiser's own voxel labels, src/localisation/stored_labels.py,
-else the localisation box on the slices of its range; never the true segmentation, which inference lacks); ``order_jitter`` swaps neighbouring sampled slices in
-training; ``aux_loss_weight`` > 0 gives every training item per-slice targets (:func:`slice_targets`):
-which vertebrae each sampled slice shows and, where ``train_bounding_boxes.csv`` says so, whether it shows
-the fracture.
+``aux_loss_weight``): ``mask_channel`` appends the target vertebra's mask on each sampled slice as one
+more channel (the localiser's own voxel labels, src/localisation/stored_labels.py, else the localisation
+box on the slices of its range; never the true segmentation, which inference lacks); ``order_jitter``
+swaps neighbouring sampled slices in training; ``aux_loss_weight`` > 0 gives every training item
+per-slice targets (:func:`slice_targets`): which vertebrae each sampled slice shows and, where
+``train_bounding_boxes.csv`` says so, whether it shows the fracture.
 """
 from __future__ import annotations
 
