@@ -54,18 +54,29 @@ def input_spec(cfg: dict) -> InputSpec:
     return InputSpec(yaml.safe_dump(decided_by, sort_keys=True), task, size, needs_localisation, needs_labels, cfg)
 
 
+def shifted_key(key: str, shift: float) -> str:
+    """Where :func:`build_inputs` puts an input's slice-shift view."""
+    return f"{key}\nshift: {float(shift)}"
+
+
 def build_inputs(specs, volumes: dict[int, tuple[np.ndarray, dict]], localisation: pd.DataFrame | None,
-                 labels: np.ndarray | None = None) -> dict:
+                 labels: np.ndarray | None = None, shifts=()) -> dict:
     """``{spec.key: batch}`` for one study's ``volumes`` ({size: (volume, meta)}, src/inference/reading.py),
     or :class:`InputFailed` in place of a batch whose building raised: that costs only its members.
-    ``localisation``: the study's rows; ``labels``: the localiser's compact voxel labels (or None)."""
+    ``localisation``: the study's rows; ``labels``: the localiser's compact voxel labels (or None).
+    ``shifts`` (``tta_shifts``): for a task whose slices can move (``slice_shifts``), one more view per
+    shift under :func:`shifted_key`, its sampled slices moved by that fraction of their spacing."""
     from ..tasks import get_task_class
 
     inputs = {}
     for spec in specs:
-        try:
-            volume, meta = volumes[spec.size]
-            inputs[spec.key] = get_task_class(spec.task).study_batch(spec.cfg, volume, meta, localisation, labels)
-        except Exception as err:  # an odd study must cost its members' prediction, not the run
-            inputs[spec.key] = InputFailed(f"building the {spec.task} input: {one_line(err)}")
+        task = get_task_class(spec.task)
+        views = [(spec.key, {})] + [(shifted_key(spec.key, s), {"shift": float(s)})
+                                    for s in (shifts if getattr(task, "slice_shifts", False) else ())]
+        for key, shift in views:
+            try:
+                volume, meta = volumes[spec.size]
+                inputs[key] = task.study_batch(spec.cfg, volume, meta, localisation, labels, **shift)
+            except Exception as err:  # an odd study must cost its members' prediction, not the run
+                inputs[key] = InputFailed(f"building the {spec.task} input: {one_line(err)}")
     return inputs

@@ -24,7 +24,7 @@ from ..config import ConfigError
 from ..models.checkpoint import CheckpointError, trained_model
 from ..runs import select_folds
 from .fallbacks import one_line
-from .inputs import InputSpec, input_spec
+from .inputs import InputSpec, input_spec, shifted_key
 
 
 def load_fold_model(fold_dir: Path, device: torch.device):
@@ -70,20 +70,23 @@ class Member:
         return any(f.input.needs_localisation for f in self.folds)
 
     @torch.no_grad()
-    def predict(self, inputs: dict, device: torch.device, autocast, tta: bool = False) -> np.ndarray:
+    def predict(self, inputs: dict, device: torch.device, autocast, tta: bool = False, shifts=()) -> np.ndarray:
         """Eight probabilities (TARGETS order) for one study: the mean over folds and TTA views.
 
         ``inputs`` maps each input's key to its one-study batch (src/inference/inputs.py), or to the
         InputFailed that building it raised, which is raised here; ``autocast`` is the training side's
-        (src/training/device.py ``autocast_for``). Raises ValueError if a fold gives a non-finite
-        output, so the caller can fall back.
+        (src/training/device.py ``autocast_for``). The views: the input, its slice-shift views for
+        ``shifts`` where its task built them, and, with ``tta``, the left-right mirror of each. Raises
+        ValueError if a fold gives a non-finite output, so the caller can fall back.
         """
         probs = []
         for fold in self.folds:
-            batch = inputs[fold.input.key]
-            if isinstance(batch, BaseException):
-                raise batch
-            for view in [batch] + ([mirror(batch)] if tta else []):
+            batches = [inputs[fold.input.key]] + [inputs[k] for k in (shifted_key(fold.input.key, s) for s in shifts)
+                                                  if k in inputs]
+            for batch in batches:
+                if isinstance(batch, BaseException):
+                    raise batch
+            for view in batches + ([mirror(b) for b in batches] if tta else []):
                 view = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in view.items()}
                 with autocast():
                     logits = fold.model(view)["logits"]

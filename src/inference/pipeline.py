@@ -58,6 +58,7 @@ class Predictor:
     calibration: dict | None = None  # ensemble.json's kept calibration (src/ensembling/calibration.py)
     timings: dict = field(default_factory=lambda: defaultdict(float))  # seconds per stage, all studies
     patient: dict | None = None  # ensemble.json's patient-level model (src/ensembling/patient.py), if any
+    tta_shifts: tuple = ()  # slice-shift views of the vertebra crops (src/inference/inputs.py)
 
     @property
     def sizes(self) -> set[int]:
@@ -110,7 +111,7 @@ class Predictor:
                 log.add("localiser", uid, f"{one_line(err)}; vertebrae placed by an even split")
             self.timings["localise"] += time.perf_counter() - start
         start = time.perf_counter()
-        inputs = {**study.inputs, **build_inputs(late, study.volumes, localisation, labels)}
+        inputs = {**study.inputs, **build_inputs(late, study.volumes, localisation, labels, self.tta_shifts)}
         volumes = study.volumes if self.explainer is not None else None
         study.volumes = None  # the inputs are built: free the decoded study before the models run
         self.timings["inputs after localising"] += time.perf_counter() - start
@@ -126,7 +127,7 @@ class Predictor:
         for member in self.members:
             start = time.perf_counter()
             try:
-                p = member.predict(inputs, self.device, self.autocast, self.tta)
+                p = member.predict(inputs, self.device, self.autocast, self.tta, self.tta_shifts)
                 if not finite_probs(p):
                     raise ValueError(f"probabilities not finite or outside [0, 1]: {p}")
                 probs.append(p)
@@ -166,8 +167,9 @@ def load_predictor(cfg: dict, announce=print, log: FallbackLog | None = None) ->
     calibration, patient = choice.calibration, choice.patient
     if patient is not None:
         announce(f"[ensemble] patient_overall from the {patient['method']} patient model of {source}")
+    shifts = f", slice shifts {list(cfg['tta_shifts'])}" if cfg["tta_shifts"] else ""
     announce(f"[ensemble] weights from {source}; combine in {combine} space; device {device}; "
-             f"tta {'on (left-right mirror)' if cfg['tta'] else 'off'}; {cfg['workers']} reading process(es)")
+             f"tta {'on (left-right mirror)' if cfg['tta'] else 'off'}{shifts}; {cfg['workers']} reading process(es)")
     members = load_members(specs, runs_dir, device, announce, log)
     localiser = None
     if any(m.needs_localisation for m in members):
@@ -176,7 +178,8 @@ def load_predictor(cfg: dict, announce=print, log: FallbackLog | None = None) ->
     if calibration is not None:
         announce(f"[ensemble] calibration from the ensemble file: {calibration['method']} {calibration['params']}")
     return Predictor(members, combine, localiser, device, autocast_for(cfg, device), bool(cfg["tta"]),
-                     int(cfg["min_slices"]), int(cfg["workers"]), calibration=calibration, patient=patient)
+                     int(cfg["min_slices"]), int(cfg["workers"]), calibration=calibration, patient=patient,
+                     tta_shifts=tuple(float(s) for s in cfg["tta_shifts"]))
 
 
 def load_members(specs, runs_dir: Path, device, announce, log: FallbackLog) -> list[Member]:

@@ -48,6 +48,11 @@ def load_infer_config(argv: list[str] | None = None, path: Path = INFER_CONFIG) 
         raise ConfigError(f"device={cfg['device']!r}; expected auto, cpu or cuda")
     if cfg["precision"] not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"precision={cfg['precision']!r}; expected auto, bf16 or fp32")
+    shifts = cfg["tta_shifts"]
+    if not isinstance(shifts, list) or not all(isinstance(s, (int, float)) and not isinstance(s, bool)
+                                               and -1 < s < 1 for s in shifts):
+        raise ConfigError(f"tta_shifts={shifts!r}; expected a list of fractions of the slice spacing between -1 "
+                          f"and 1, e.g. [-0.5, 0.5] (or [] for none)")
     if cfg["workers"] < 0:
         raise ConfigError(f"workers={cfg['workers']}; expected the number of reading processes, 0 or more")
     return cfg

@@ -24,7 +24,9 @@ A task is a class registered with ``@register_task("name")`` in a module of this
   one test study's arrays as the one-item batch its validation loader would give (src/inference calls
   it; ``labels`` are the localiser's compact voxel labels, src/localisation/stored_labels.py, or None),
   and optionally ``wants_labels(cfg) -> bool``: whether that batch reads ``labels`` at all (absent: no),
-  so that the localiser hands them over only when a member will use them.
+  so that the localiser hands them over only when a member will use them. A task whose items sample
+  slices may set ``slice_shifts = True`` and take ``study_batch(..., shift=s)``: the same batch with its
+  sampled slices moved by ``s`` times their spacing (``python infer.py tta_shifts=[...]``).
 
 Registered here: ``volume`` (whole-volume classifiers, src/tasks/volume.py) and ``vertebra``
 (per-vertebra crops, src/tasks/vertebra.py), both subclasses of

@@ -66,17 +66,18 @@ def slice_range_indices(slice_numbers: np.ndarray, slice_min: float, slice_max: 
 
 
 def sample_positions(first: int, last: int, n_slices: int, jitter: float = 0.0,
-                     generator: torch.Generator | None = None) -> np.ndarray:
+                     generator: torch.Generator | None = None, shift: float = 0.0) -> np.ndarray:
     """``n_slices`` volume indices spread evenly from ``first`` to ``last`` (repeats when the range is short).
 
     ``jitter`` (training) moves each sample by up to that fraction of the spacing, so epochs see
-    different slices of the same vertebra.
+    different slices of the same vertebra. ``shift`` (a test-time view) moves every sample by that
+    fraction of the spacing, towards the feet when positive; both stay inside the range.
     """
     positions = np.linspace(first, last, n_slices)
-    if jitter > 0 and n_slices > 1 and last > first:
+    if (jitter > 0 or shift) and n_slices > 1 and last > first:
         spacing = (last - first) / (n_slices - 1)
-        noise = torch.rand(n_slices, generator=generator).numpy() * 2 - 1
-        positions = np.clip(positions + noise * jitter * spacing, first, last)
+        noise = torch.rand(n_slices, generator=generator).numpy() * 2 - 1 if jitter > 0 else 0.0
+        positions = np.clip(positions + (noise * jitter + shift) * spacing, first, last)
     return np.round(positions).astype(int)
 
 
@@ -211,10 +212,11 @@ class VertebraCrops:
     vertebra's mask when ``mask_channel`` is set; ``S`` = crop_size.
 
     ``train`` jitters the sampled slices (and their order, with ``order_jitter``) and draws one augmentation
-    per vertebra, from torch's RNG.
+    per vertebra, from torch's RNG. ``shift`` moves the slices sampled for validation and inference by that
+    fraction of their spacing: the slice-shift views of ``python infer.py tta_shifts=[...]``.
     """
 
-    def __init__(self, settings, windows, train: bool = False):
+    def __init__(self, settings, windows, train: bool = False, shift: float = 0.0):
         self.windows = [tuple(w) for w in windows]
         self.n_slices = int(settings["n_slices"])
         self.neighbours = int(settings["neighbours"])
@@ -224,6 +226,7 @@ class VertebraCrops:
         self.mask_channel = bool(settings.get("mask_channel", False))
         self.order_jitter = float(settings.get("order_jitter", 0.0)) if train else 0.0
         self.train = train
+        self.shift = 0.0 if train else float(shift)
         self.transform = None
         if train and float(settings.get("augment", 1.0)) > 0:
             from ..data.augment import build_slice_stack_transform
@@ -237,7 +240,7 @@ class VertebraCrops:
     def positions(self, meta: dict, plan: tuple) -> np.ndarray:
         """The ``n_slices`` volume indices sampled for one vertebra (jittered in training)."""
         first, last = slice_range_indices(meta["slice_numbers"], plan[0], plan[1])
-        positions = sample_positions(first, last, self.n_slices, jitter=0.5 if self.train else 0.0)
+        positions = sample_positions(first, last, self.n_slices, jitter=0.5 if self.train else 0.0, shift=self.shift)
         if self.order_jitter > 0:
             positions = positions[jitter_order(len(positions), self.order_jitter)]
         return positions
@@ -455,15 +458,18 @@ class VertebraTask(StudyClassificationTask):
         """Only the mask channel reads the localiser's voxel labels."""
         return bool(model_settings(cfg).get("mask_channel", False))
 
+    slice_shifts = True  # study_batch takes ``shift``: inference's slice-shift views (src/inference/inputs.py)
+
     @classmethod
     def study_batch(cls, cfg, volume: np.ndarray, meta: dict, localisation: pd.DataFrame | None,
-                    labels: np.ndarray | None = None) -> dict:
+                    labels: np.ndarray | None = None, shift: float = 0.0) -> dict:
         """The validation item from the study's localisation rows; without them (or for a vertebra
         without one) the task's own fallback, an even share of the study on the whole slice. ``labels``
-        (the localiser's compact voxel labels) feed the mask channel as the stored ones do in training."""
+        (the localiser's compact voxel labels) feed the mask channel as the stored ones do in training;
+        ``shift`` moves the sampled slices by that fraction of their spacing (a test-time view)."""
         rows = localisation if localisation is not None else pd.DataFrame(columns=CROP_COLUMNS)
         plans = next(iter(study_plans(rows).values()), {})  # the rows are this study's
-        crops = VertebraCrops(model_settings(cfg), cfg["windows"])
+        crops = VertebraCrops(model_settings(cfg), cfg["windows"], shift=shift)
         stacks = crops.study_stacks(volume, meta, plans, predicted=labels if crops.mask_channel else None)
         return {"images": torch.from_numpy(stacks)[None]}
 
