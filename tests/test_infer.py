@@ -204,6 +204,28 @@ def test_localiser_failure_still_predicts_every_study(data_dir, runs_dir, tmp_pa
     read_submission(tmp_path / "s.csv", data_dir)
 
 
+def test_a_slice_shift_view_that_cannot_be_built_costs_only_that_view(data_dir, runs_dir, tmp_path, monkeypatch):
+    from src.tasks.vertebra import VertebraTask
+
+    def predicted(name, *extra):
+        result = run_infer(data_dir, runs_dir, tmp_path / f"{name}.csv", "members=[effnet_gru]", "limit_studies=1", *extra)
+        return result["log"], read_submission(tmp_path / f"{name}.csv", data_dir).loc[GOOD[0]].to_numpy()
+
+    _, one_shift = predicted("one", "tta_shifts=[-0.5]")
+    build = VertebraTask.study_batch
+
+    def no_forward_shift(cls, *args, shift=0.0, **kwargs):
+        if shift > 0:
+            raise IndexError("slice 99 is past the study")
+        return build(*args, shift=shift, **kwargs)
+
+    monkeypatch.setattr(VertebraTask, "study_batch", classmethod(no_forward_shift))
+    log, got = predicted("two", "tta_shifts=[-0.5,0.5]")
+    assert log.uids("view") == [GOOD[0]] and "0.5" in log.events["view"][0][1] and "slice 99" in log.events["view"][0][1]
+    assert log.count("member") == 0
+    np.testing.assert_allclose(got, one_shift, rtol=1e-6)  # the plain and -0.5 views, as if 0.5 were never asked
+
+
 @pytest.mark.slow
 def test_weights_combine_and_tta(data_dir, runs_dir, tmp_path):
     def predicted(name, *extra):

@@ -13,6 +13,7 @@ studies
 - ``slices``       some slices were corrupt and skipped; the rest were used   -> prediction as usual
 - ``localiser``    localisation failed; vertebra crops from an even split      -> prediction as usual
 - ``levels``       the localisation failed the level checks (flagged or repaired) -> prediction as usual
+- ``view``         a slice-shift view (tta_shifts) could not be built          -> the other views
 - ``member``       one member failed on the study; the others predicted        -> remaining members
 - ``all_members``  every member failed                                         -> prior
 - ``not_requested`` beyond limit_studies                                       -> prior
@@ -41,6 +42,7 @@ KINDS = {
     "slices": ("studies", "kept"),
     "localiser": ("studies", "kept"),
     "levels": ("studies", "kept"),
+    "view": ("studies", "kept"),
     "member": ("studies", "kept"),
     "all_members": ("studies", "prior"),
     "not_requested": ("studies", "prior"),

@@ -54,9 +54,24 @@ def input_spec(cfg: dict) -> InputSpec:
     return InputSpec(yaml.safe_dump(decided_by, sort_keys=True), task, size, needs_localisation, needs_labels, cfg)
 
 
+SHIFT_MARK = "\nshift: "
+
+
 def shifted_key(key: str, shift: float) -> str:
     """Where :func:`build_inputs` puts an input's slice-shift view."""
-    return f"{key}\nshift: {float(shift)}"
+    return f"{key}{SHIFT_MARK}{float(shift)}"
+
+
+def drop_failed_views(inputs: dict) -> list[str]:
+    """Take out of ``inputs`` each slice-shift view whose building failed while its plain input was built,
+    so that it costs only itself: its members predict from the views left. Returns one line per view taken
+    out. A failed plain input stays, and costs its members the study."""
+    dropped = []
+    for key in [k for k, v in inputs.items() if SHIFT_MARK in k and isinstance(v, InputFailed)]:
+        plain, _, shift = key.partition(SHIFT_MARK)
+        if not isinstance(inputs.get(plain), InputFailed):
+            dropped.append(f"slice-shift view {shift} left out ({inputs.pop(key)}); its members used the other views")
+    return dropped
 
 
 def build_inputs(specs, volumes: dict[int, tuple[np.ndarray, dict]], localisation: pd.DataFrame | None,

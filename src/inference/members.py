@@ -76,7 +76,8 @@ class Member:
         ``inputs`` maps each input's key to its one-study batch (src/inference/inputs.py), or to the
         InputFailed that building it raised, which is raised here; ``autocast`` is the training side's
         (src/training/device.py ``autocast_for``). The views: the input, its slice-shift views for
-        ``shifts`` where its task built them, and, with ``tta``, the left-right mirror of each. Raises
+        ``shifts`` that ``inputs`` holds (its task built them, and the pipeline took out those whose building
+        failed: inputs.drop_failed_views), and, with ``tta``, the left-right mirror of each. Raises
         ValueError if a fold gives a non-finite output, so the caller can fall back.
         """
         probs = []

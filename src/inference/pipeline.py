@@ -32,7 +32,7 @@ from ..paths import InvalidUID, _abs, check_uid
 from ..training.device import autocast_for, pick_device
 from .explanations import TestExplainer
 from .fallbacks import FallbackLog, one_line
-from .inputs import build_inputs
+from .inputs import build_inputs, drop_failed_views
 from .localiser import Localiser, load_localiser
 from .members import Member, MemberLoadError, finite_probs, load_member
 from .memory import keep_freed_memory
@@ -112,6 +112,8 @@ class Predictor:
             self.timings["localise"] += time.perf_counter() - start
         start = time.perf_counter()
         inputs = {**study.inputs, **build_inputs(late, study.volumes, localisation, labels, self.tta_shifts)}
+        for detail in drop_failed_views(inputs):
+            log.add("view", uid, detail)
         volumes = study.volumes if self.explainer is not None else None
         study.volumes = None  # the inputs are built: free the decoded study before the models run
         self.timings["inputs after localising"] += time.perf_counter() - start
