@@ -77,7 +77,9 @@ def evaluate(folder: Path, shifts: list[float]) -> list[dict]:
     device = torch.device("cpu")
     views = {}  # (shift, mirrored) -> probabilities
     for shift in [0.0, *shifts]:
-        val_set.crops.shift = shift  # the crop builder of infer.py's tta_shifts (src/tasks/vertebra.py)
+        # the crop builder of infer.py's tta_shifts (src/tasks/vertebra.py); a fresh loader per shift, since a
+        # loader's worker processes keep the dataset as it was when they started
+        val_set.crops.shift = shift
         views[shift, False], views[shift, True] = held_out_probabilities(
             model, validation_loader(val_set, cfg, task, device), autocast_for(cfg, device))
     choices = {"none": [(0.0, False)], "mirror": [(0.0, False), (0.0, True)],
