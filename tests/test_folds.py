@@ -161,3 +161,20 @@ def test_python_m_src_folds_on_a_bad_uid_exits_2_with_one_line(tmp_path):
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1 and "'../../etc'" in done.stderr and "train.csv" in done.stderr
+
+
+def test_making_folds_anew_keeps_the_previous_ones_beside_them(tmp_path, capsys):
+    from src.folds import cli
+
+    write_train_csv(tmp_path, fake_labels(30))
+    folds_dir = tmp_path / "folds"
+    args = [f"data_dir={tmp_path / 'data'}", f"folds_dir={folds_dir}"]
+    cli(args + ["seed=1"])
+    (path,) = folds_dir.glob("*.csv")
+    first = path.read_bytes()
+    cli(args + ["seed=1"])  # the same folds: nothing to keep
+    assert "unchanged" in capsys.readouterr().out and list(folds_dir.glob("*.csv")) == [path]
+    cli(args + ["seed=2"])
+    (kept,) = [p for p in folds_dir.glob("*.csv") if p != path]
+    assert kept.name.startswith(f"{path.stem}.before-") and str(kept) in capsys.readouterr().out
+    assert kept.read_bytes() == first and path.read_bytes() != first
