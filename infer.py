@@ -2,7 +2,8 @@
 
 Settings in configs/infer.yaml (members, weights, localiser, TTA, output...). What it does is
 src/inference/pipeline.py; this file is the command line only, so that a Kaggle notebook can run
-``!python infer.py data_dir=/kaggle/input/rsna-2022-cervical-spine-fracture-detection runs_dir=/kaggle/input/<weights>``.
+``!python infer.py data_dir=/kaggle/input/rsna-2022-cervical-spine-fracture-detection runs_dir=/kaggle/input/<weights>/runs``
+(the weights dataset of ``python -m src.kaggle build``).
 
 Bad inputs cost only themselves and are named in the end-of-run summary (src/inference/fallbacks.py).
 What stops the run is one line on stderr and an exit code, never a traceback:
