@@ -239,7 +239,7 @@ def test_weights_combine_and_tta(data_dir, runs_dir, tmp_path):
     np.testing.assert_allclose(w, 0.75 * a + 0.25 * b, rtol=1e-6)
     lg = predicted("l", "members=[cnn3d, effnet_gru]", "combine=logit")
     np.testing.assert_allclose(lg, 1 / (1 + np.exp(-(np.log(a / (1 - a)) + np.log(b / (1 - b))) / 2)), rtol=1e-5)
-    f0 = predicted("f0", "members=[{run: cnn3d, folds: [0]}]")
+    f0 = predicted("f0", "members=[{run: cnn3d, folds: [0]}]", "tta=false")
     mirrored = predicted("t", "members=[{run: cnn3d, folds: [0]}]", "tta=true")
     assert not np.allclose(f0, a) and not np.allclose(f0, mirrored)  # two folds differ from one; the mirror counts
 
@@ -480,7 +480,8 @@ def test_kaggle_parity_prediction_equals_the_validation_row(tmp_path, capsys):
     kaggle = tmp_path / "kaggle"
     cached_studies_as_dicom(tiny, uids, kaggle)
     common = [f"data_dir={kaggle}", f"runs_dir={tiny['runs_dir']}", "progress=false", "device=cpu",
-              f"localisation_table={tiny['localisation_table']}", "localiser=no_localiser_trained"]
+              f"localisation_table={tiny['localisation_table']}", "localiser=no_localiser_trained",
+              "tta=false", "tta_shifts=[]"]  # the validation rows are of the plain view
     for experiment, rows in oof.items():
         out = tmp_path / f"{experiment}.csv"
         infer.main(common + [f"members=[{experiment}]", f"output={out}"])
