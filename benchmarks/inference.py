@@ -196,7 +196,9 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=3, help="full-size test studies (the first warms up)")
     parser.add_argument("--folds", type=int, default=1, help="fold models loaded per member (timed one by one)")
     parser.add_argument("--project-folds", type=int, default=5, help="folds per member in the projection")
-    parser.add_argument("--tta", action="store_true", help="left-right mirror TTA (doubles the forwards)")
+    parser.add_argument("--tta", action="store_true",
+                        help="infer.py's default views: the mirror and two slice shifts (six forwards of the "
+                             "crop classifier, two of the others); without it the plain view alone")
     parser.add_argument("--workers", type=int, default=2, help="reading processes ahead of the models (infer.py workers=)")
     parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "rsna_bench_full"),
                         help="folder of full-size synthetic studies (generated when missing)")
@@ -232,6 +234,8 @@ def main() -> None:
         known = infer_defaults()
         if "workers" in known:
             settings.append(f"workers={args.workers}")
+        if "tta_shifts" in known:  # a checkout older than the slice shifts has the mirror alone
+            settings.append("tta_shifts=[-0.5,0.5]" if args.tta else "tta_shifts=[]")
         if "scratch_dir" in known:  # a checkout that stages each study on disk: keep it in this run's folder
             settings.append(f"scratch_dir={work / 'scratch'}")
         cfg = load_infer_config(settings)
