@@ -4,16 +4,20 @@ on the same folds and seeds, in one table.
     python benchmarks/ablation.py                                          # demo data, folds 0 and 1, all ingredients
     python benchmarks/ablation.py --folds 0 --ingredients aux mixup -- epochs=3   # key=value overrides after --
     python benchmarks/ablation.py --data-dir /tmp/synth2 --synth seed=7 seg_fraction=0.3 box_fraction=0.15
+    python benchmarks/ablation.py --jobs 2 --ingredients mixup              # two trainings at a time, cores shared out
     python benchmarks/ablation.py --report-only                            # the table from runs already there
 
 ``base`` is ``bash train.sh``'s default experiment as configured (configs/effnet_gru.yaml, its demo profile
 on synthetic data, plus the overrides after ``--``). Each ingredient (:data:`INGREDIENTS`) is switched the
 other way in one variant: on where base has it off (the variant is named after it), off where base has it
 on (``no_<name>``, e.g. ``no_aux`` on the demo, whose profile trains with the auxiliary loss); ``all``
-switches on every training ingredient base lacks. Each is trained by ``python -m src.train`` (niced, one at
-a time: the folds, seeds and data order are the config's, the same for every variant) into
-``<runs-dir>/ablation_<variant>/fold<k>/``. A run already finished is not trained again, so a stopped
-ablation continues where it stopped.
+switches on every training ingredient base lacks. Each is trained by ``python -m src.train`` (niced; the
+folds, seeds and data order are the config's, the same for every variant) into
+``<runs-dir>/ablation_<variant>/fold<k>/``, one at a time, or ``--jobs N`` at a time with the cores shared
+out (two one-thread trainings get more done on two cores than one two-thread training). The thread count
+changes float rounding and with it every number, so compare variants trained with the same one. A run
+already finished is not trained again, so a stopped ablation continues where it stopped; a run that fails
+costs only itself: the others train, the table shows them, and the script ends with exit code 1.
 ``patient`` trains nothing: it is the patient-level model of src/ensembling/patient.py (logistic on the
 seven vertebra logits) fitted on the base variant's out-of-fold rows and scored by nested CV, over the
 folds given (with one fold, over 5 random groups of its studies) exactly as ``src.ensemble`` judges it.
@@ -30,6 +34,7 @@ import argparse
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -78,21 +83,45 @@ def variants_for(cfg, ingredients: list[str]) -> dict[str, list[str]]:
     return variants
 
 
-def train_variant(variant: str, overrides: list[str], fold: int, common: list[str], nice: int, log_dir: Path) -> None:
-    """``python -m src.train`` for one variant and fold (skipped when its metrics.json exists)."""
+def train_variant(variant: str, overrides: list[str], fold: int, common: list[str], nice: int, log_dir: Path,
+                  threads: int = 0) -> str:
+    """``python -m src.train`` for one variant and fold, with ``threads`` intra-op threads (0: the environment's
+    OMP_NUM_THREADS, else PyTorch's default). Returns "" when it finished, else why not (its log's end)."""
     args = [f"experiment=ablation_{variant}", f"fold={fold}", *common, *overrides]
     command = [sys.executable, "-m", "src.train", *args]
     if nice:
         command = ["nice", "-n", str(nice), *command]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{variant}_fold{fold}.log"
-    print(f"[ablation] {variant} fold {fold}: {' '.join(args)} (log {log})", flush=True)
+    print(f"[ablation] {variant} fold {fold}: {' '.join(args)} ({env.get('OMP_NUM_THREADS', 'default')} "
+          f"thread(s); log {log})", flush=True)
     with open(log, "w") as out:
-        code = subprocess.call(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                               env={**os.environ, "WANDB_MODE": "disabled"})
-    if code != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-        raise SystemExit(f"[ablation] {variant} fold {fold} failed (exit {code}); the end of {log}:\n{tail}")
+        code = subprocess.call(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    if code == 0:
+        print(f"[ablation] {variant} fold {fold} finished", flush=True)
+        return ""
+    tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+    return f"{variant} fold {fold} failed (exit {code}); the end of {log}:\n{tail}"
+
+
+def threads_per_job(jobs: int) -> int:
+    """Intra-op threads for each of ``jobs`` trainings at a time: the cores shared out, or 0 (the environment
+    decides) when OMP_NUM_THREADS is set or for one job, which then has PyTorch's default as ``bash train.sh``."""
+    if os.environ.get("OMP_NUM_THREADS") or jobs <= 1:
+        return 0
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def train_all(runs: list[tuple[str, list[str], int]], jobs: int, train) -> list[str]:
+    """Train ``runs`` ((variant, overrides, fold), in order), ``jobs`` at a time; ``train(variant, overrides,
+    fold)`` returns "" or why it failed. A failed run costs only itself: the others go on. Returns the failures."""
+    if jobs <= 1:
+        return [why for why in (train(*run) for run in runs) if why]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return [why for why in pool.map(lambda run: train(*run), runs) if why]
 
 
 def row_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
@@ -178,9 +207,13 @@ def main() -> None:
     parser.add_argument("--synth", nargs="*", default=None,
                         help="write a synthetic dataset at --data-dir first, with these python -m src.synthesise KEY=VALUE options")
     parser.add_argument("--nice", type=int, default=10, help="niceness of the training processes (0: none)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="trainings at a time, each with its share of the cores (OMP_NUM_THREADS overrides it)")
     parser.add_argument("--report-only", action="store_true", help="train nothing; the table from finished runs")
     parser.add_argument("--csv", default="", help="also write the table here")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs takes a whole number of at least 1 (got {args.jobs})")
 
     from src.config import load_config
     from src.data.folds import read_labels
@@ -198,16 +231,20 @@ def main() -> None:
     for variant, overrides in variants.items():
         if overrides:
             print(f"[ablation] {variant}: {' '.join(overrides)}", flush=True)
+    failures = []
     if not args.report_only:
-        for fold in args.folds:
-            for variant, overrides in variants.items():
-                if variant in POST_HOC or (runs_dir / f"ablation_{variant}" / f"fold{fold}" / "metrics.json").exists():
-                    continue
-                train_variant(variant, overrides, fold, common, args.nice, runs_dir / "logs")
+        runs = [(variant, overrides, fold) for fold in args.folds for variant, overrides in variants.items()
+                if variant not in POST_HOC
+                and not (runs_dir / f"ablation_{variant}" / f"fold{fold}" / "metrics.json").exists()]
+        threads = threads_per_job(args.jobs)
+        failures = train_all(runs, args.jobs, lambda variant, overrides, fold: train_variant(
+            variant, overrides, fold, common, args.nice, runs_dir / "logs", threads))
     from src.data.demo import resolve_data_dir
 
     truth = read_labels(resolve_data_dir(cfg, announce=lambda *a, **k: None))
     result = table(runs_dir, list(variants), args.folds, truth)
+    for why in failures:
+        print(f"[ablation] {why}", file=sys.stderr)
     if result.empty:
         raise SystemExit("[ablation] no finished variant to report")
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:.4f}".format):
@@ -215,6 +252,8 @@ def main() -> None:
     if args.csv:
         result.to_csv(args.csv, index=False)
         print(f"[ablation] wrote {args.csv}")
+    if failures:
+        raise SystemExit(f"[ablation] {len(failures)} run(s) failed (above); the table holds the others")
 
 
 if __name__ == "__main__":

@@ -395,7 +395,7 @@ def test_training_with_top_k_infers_with_the_mean_of_the_best_epochs(tmp_path):
 
 # ---- benchmarks/ablation.py ----
 
-def test_ablation_table_per_fold_mean_and_difference_from_base(tmp_path):
+def _ablation_module():
     import importlib.util
     from pathlib import Path
 
@@ -403,6 +403,11 @@ def test_ablation_table_per_fold_mean_and_difference_from_base(tmp_path):
         "ablation", Path(__file__).resolve().parent.parent / "benchmarks" / "ablation.py")
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
+    return ablation
+
+
+def test_ablation_table_per_fold_mean_and_difference_from_base(tmp_path):
+    ablation = _ablation_module()
     off = ablation.variants_for(load_config(["effnet_gru.aux_loss_weight=0"]), ["aux", "mask", "all", "patient"])
     assert off["base"] == [] and off["patient"] == [] and off["aux"] == ["effnet_gru.aux_loss_weight=1.0"]
     assert {"effnet_gru.mask_channel=true", "effnet_gru.aux_loss_weight=1.0"} <= set(off["all"])
@@ -428,3 +433,46 @@ def test_ablation_table_per_fold_mean_and_difference_from_base(tmp_path):
     means = result[result["fold"] == "mean"].set_index("variant")
     assert means.loc["base", "vs_base"] == 0 and means.loc["aux", "vs_base"] < 0
     assert {"patient_ll", "C1_ll", "C7_ll", "auc"} <= set(result.columns)
+
+
+def test_ablation_jobs_train_at_once_and_a_failed_run_costs_only_itself(tmp_path, monkeypatch, capsys):
+    import sys
+    import threading
+
+    from fake_training_data import make_tiny_dataset
+
+    ablation = _ablation_module()
+    tiny = make_tiny_dataset(tmp_path / "tiny", n_studies=10)
+    truth = pd.read_csv(tiny["data_dir"] + "/train.csv", dtype={"StudyInstanceUID": str})
+    both_running = threading.Barrier(2, timeout=20)  # broken unless two trainings wait here at the same time
+    started = []
+
+    def fake_train(variant, overrides, fold, common, nice, log_dir, threads=0):
+        started.append((variant, fold, threads))
+        both_running.wait()
+        if variant == "mixup":
+            return "mixup fold 0 failed (exit 1); the end of its log: nan loss"
+        folder = tmp_path / "runs" / f"ablation_{variant}" / f"fold{fold}"
+        folder.mkdir(parents=True)
+        truth.assign(**{t: 0.3 for t in TARGETS}).to_csv(folder / "oof.csv", index=False)
+        (folder / "metrics.json").write_text("{}")
+        return ""
+
+    monkeypatch.setattr(ablation, "train_variant", fake_train)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(ablation.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(sys, "argv", ["ablation.py", "--data-dir", tiny["data_dir"], "--runs-dir",
+                                      str(tmp_path / "runs"), "--folds", "0", "--ingredients", "mixup",
+                                      "--jobs", "2", "--", f"folds_dir={tiny['folds_dir']}"])
+    with pytest.raises(SystemExit, match="1 run"):
+        ablation.main()
+    assert sorted(started) == [("base", 0, 1), ("mixup", 0, 1)]  # two at a time, one thread each on two cores
+    out, err = capsys.readouterr()
+    assert "nan loss" in err and "base" in out.split("vs_base")[-1]  # the failure said, the others tabled
+    assert (tmp_path / "runs" / "ablation_base" / "fold0" / "oof.csv").exists()
+
+    started.clear()
+    both_running = threading.Barrier(1)
+    with pytest.raises(SystemExit, match="1 run"):  # base finished: only the failed run is tried again
+        ablation.main()
+    assert [v for v, _, _ in started] == ["mixup"]
