@@ -14,7 +14,8 @@ on (``no_<name>``, e.g. ``no_aux`` on the demo, whose profile trains with the au
 switches on every training ingredient base lacks. Each is trained by ``python -m src.train`` (niced; the
 folds, seeds and data order are the config's, the same for every variant) into
 ``<runs-dir>/ablation_<variant>/fold<k>/``, one at a time, or ``--jobs N`` at a time with the cores shared
-out (two one-thread trainings get more done on two cores than one two-thread training). The thread count
+out (two one-thread trainings get more done on two cores than one two-thread training; what they train on,
+the data, cache, folds and localisation table, is built first, once, here). The thread count
 changes float rounding and with it every number, so compare variants trained with the same one. A run
 already finished is not trained again, so a stopped ablation continues where it stopped; a run that fails
 costs only itself: the others train, the table shows them, and the script ends with exit code 1.
@@ -105,6 +106,15 @@ def train_variant(variant: str, overrides: list[str], fold: int, common: list[st
         return ""
     tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
     return f"{variant} fold {fold} failed (exit {code}); the end of {log}:\n{tail}"
+
+
+def prepare_once(configs: list) -> None:
+    """Build what the runs of ``configs`` train on (data, cache, folds, localisation table; src.train's own
+    first step) in this process, before runs that would otherwise all build it at once."""
+    from src.train import prepare_training_data
+
+    for cfg in configs:
+        prepare_training_data(cfg)
 
 
 def threads_per_job(jobs: int) -> int:
@@ -226,7 +236,8 @@ def main() -> None:
             command = [sys.executable, "-m", "src.synthesise", f"out={Path(args.data_dir).resolve()}", *args.synth]
             print(f"[ablation] writing a synthetic dataset: {' '.join(command[2:])}", flush=True)
             subprocess.check_call((["nice", "-n", str(args.nice)] if args.nice else []) + command, cwd=ROOT)
-    cfg = load_config([a for a in common if not a.startswith(("progress=", "wandb."))])
+    settings = [a for a in common if not a.startswith(("progress=", "wandb."))]
+    cfg = load_config(settings)
     variants = variants_for(cfg, args.ingredients)
     for variant, overrides in variants.items():
         if overrides:
@@ -236,6 +247,11 @@ def main() -> None:
         runs = [(variant, overrides, fold) for fold in args.folds for variant, overrides in variants.items()
                 if variant not in POST_HOC
                 and not (runs_dir / f"ablation_{variant}" / f"fold{fold}" / "metrics.json").exists()]
+        if args.jobs > 1 and runs:
+            print("[ablation] first the data, cache, folds and localisation table, once, for the parallel runs", flush=True)
+            first_of_each = {variant: (overrides, fold) for variant, overrides, fold in reversed(runs)}
+            prepare_once([load_config([*settings, f"experiment=ablation_{variant}", f"fold={fold}", *overrides])
+                          for variant, (overrides, fold) in first_of_each.items()])
         threads = threads_per_job(args.jobs)
         failures = train_all(runs, args.jobs, lambda variant, overrides, fold: train_variant(
             variant, overrides, fold, common, args.nice, runs_dir / "logs", threads))

@@ -37,8 +37,28 @@ def main(argv: list[str]) -> dict:
         distributed.shutdown()
 
 
-def _build_and_train(cfg, distributed) -> dict:
+def prepare_training_data(cfg):
+    """What a run of ``cfg`` trains on, each built where missing: the data, the study cache, the folds and,
+    for a model that trains on vertebra crops, the localisation table. Returns (data_dir, cache_dir, folds).
+    Not safe for two processes at once on a dataset that lacks them (benchmarks/ablation.py --jobs calls it
+    once before its trainings start)."""
     from .data.folds import ensure_folds
+    from .models.registry import get_model_class
+
+    model_cls = get_model_class(cfg["model"])
+    data_dir = resolve_data_dir(cfg)
+    cache_dir = resolve_cache_dir(cfg, data_dir)
+    ensure_cache(cfg, data_dir, cache_dir)
+    folds = ensure_folds(cfg, data_dir)
+    print(f"[folds] fold {cfg['fold']}: {int((folds['fold'] == cfg['fold']).sum())} validation studies of {len(folds)}")
+    if getattr(model_cls, "needs_localisation", False):
+        from .localisation.build import ensure_localisation
+
+        ensure_localisation(cfg, data_dir, cache_dir)
+    return data_dir, cache_dir, folds
+
+
+def _build_and_train(cfg, distributed) -> dict:
     from .models.registry import get_model_class, model_task
     from .tasks import get_task_class
     from .training import TrainingStopped, fit
@@ -46,16 +66,8 @@ def _build_and_train(cfg, distributed) -> dict:
     model_cls = get_model_class(cfg["model"])  # fail on a bad name before any data work
     task_cls = get_task_class(model_task(model_cls))
     with distributed.main_first():
-        data_dir = resolve_data_dir(cfg)
-        dataset_kind = cfg["dataset_kind"]  # set by load_config: "demo" when the demo data stands in
-        cache_dir = resolve_cache_dir(cfg, data_dir)
-        ensure_cache(cfg, data_dir, cache_dir)
-        folds = ensure_folds(cfg, data_dir)
-        print(f"[folds] fold {cfg['fold']}: {int((folds['fold'] == cfg['fold']).sum())} validation studies of {len(folds)}")
-        if getattr(model_cls, "needs_localisation", False):
-            from .localisation.build import ensure_localisation
-
-            ensure_localisation(cfg, data_dir, cache_dir)
+        data_dir, cache_dir, folds = prepare_training_data(cfg)
+    dataset_kind = cfg["dataset_kind"]  # set by load_config: "demo" when the demo data stands in
     task = task_cls(cfg, data_dir, cache_dir, folds)
     folder = run_dir(cfg)
     print(f"[run] {folder} ({cfg['experiment']}: model {cfg['model']}, task {task_cls.registry_name}, {dataset_kind} data, "

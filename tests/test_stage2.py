@@ -458,6 +458,9 @@ def test_ablation_jobs_train_at_once_and_a_failed_run_costs_only_itself(tmp_path
         (folder / "metrics.json").write_text("{}")
         return ""
 
+    prepared = []
+    monkeypatch.setattr(ablation, "prepare_once",
+                        lambda configs: prepared.append((len(started), sorted(c["experiment"] for c in configs))))
     monkeypatch.setattr(ablation, "train_variant", fake_train)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(ablation.os, "cpu_count", lambda: 2)
@@ -467,6 +470,8 @@ def test_ablation_jobs_train_at_once_and_a_failed_run_costs_only_itself(tmp_path
     with pytest.raises(SystemExit, match="1 run"):
         ablation.main()
     assert sorted(started) == [("base", 0, 1), ("mixup", 0, 1)]  # two at a time, one thread each on two cores
+    # what both runs train on was built once, before either started, with each variant's settings
+    assert prepared == [(0, ["ablation_base", "ablation_mixup"])]
     out, err = capsys.readouterr()
     assert "nan loss" in err and "base" in out.split("vs_base")[-1]  # the failure said, the others tabled
     assert (tmp_path / "runs" / "ablation_base" / "fold0" / "oof.csv").exists()
