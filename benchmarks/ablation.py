@@ -236,8 +236,7 @@ def main() -> None:
             command = [sys.executable, "-m", "src.synthesise", f"out={Path(args.data_dir).resolve()}", *args.synth]
             print(f"[ablation] writing a synthetic dataset: {' '.join(command[2:])}", flush=True)
             subprocess.check_call((["nice", "-n", str(args.nice)] if args.nice else []) + command, cwd=ROOT)
-    settings = [a for a in common if not a.startswith(("progress=", "wandb."))]
-    cfg = load_config(settings)
+    cfg = load_config([a for a in common if not a.startswith(("progress=", "wandb."))])
     variants = variants_for(cfg, args.ingredients)
     for variant, overrides in variants.items():
         if overrides:
@@ -250,7 +249,7 @@ def main() -> None:
         if args.jobs > 1 and runs:
             print("[ablation] first the data, cache, folds and localisation table, once, for the parallel runs", flush=True)
             first_of_each = {variant: (overrides, fold) for variant, overrides, fold in reversed(runs)}
-            prepare_once([load_config([*settings, f"experiment=ablation_{variant}", f"fold={fold}", *overrides])
+            prepare_once([load_config([*common, f"experiment=ablation_{variant}", f"fold={fold}", *overrides])
                           for variant, (overrides, fold) in first_of_each.items()])
         threads = threads_per_job(args.jobs)
         failures = train_all(runs, args.jobs, lambda variant, overrides, fold: train_variant(
