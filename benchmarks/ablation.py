@@ -112,9 +112,13 @@ def prepare_once(configs: list) -> None:
     """Build what the runs of ``configs`` train on (data, cache, folds, localisation table; src.train's own
     first step) in this process, before runs that would otherwise all build it at once."""
     from src.train import prepare_training_data
+    from src.training import STOPS_WITH_A_SENTENCE
 
     for cfg in configs:
-        prepare_training_data(cfg)
+        try:
+            prepare_training_data(cfg)
+        except STOPS_WITH_A_SENTENCE as err:  # every run would stop on it: say it once, as src.train would
+            raise SystemExit(f"[stopped] {err}") from None
 
 
 def threads_per_job(jobs: int) -> int:
