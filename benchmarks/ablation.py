@@ -252,9 +252,9 @@ def main() -> None:
                 and not (runs_dir / f"ablation_{variant}" / f"fold{fold}" / "metrics.json").exists()]
         if args.jobs > 1 and runs:
             print("[ablation] first the data, cache, folds and localisation table, once, for the parallel runs", flush=True)
-            first_of_each = {variant: (overrides, fold) for variant, overrides, fold in reversed(runs)}
-            prepare_once([load_config([*common, f"experiment=ablation_{variant}", f"fold={fold}", *overrides])
-                          for variant, (overrides, fold) in first_of_each.items()])
+            to_train = {variant: overrides for variant, overrides, _ in runs}  # a variant's overrides are the same on every fold
+            prepare_once([load_config([*common, f"experiment=ablation_{variant}", f"fold={runs[0][2]}", *overrides])
+                          for variant, overrides in to_train.items()])
         threads = threads_per_job(args.jobs)
         failures = train_all(runs, args.jobs, lambda variant, overrides, fold: train_variant(
             variant, overrides, fold, common, args.nice, runs_dir / "logs", threads))
