@@ -3,7 +3,7 @@ on the same folds and seeds, in one table.
 
     python benchmarks/ablation.py                                          # demo data, folds 0 and 1, all ingredients
     python benchmarks/ablation.py --folds 0 --ingredients aux mixup -- epochs=3   # key=value overrides after --
-    python benchmarks/ablation.py --data-dir /tmp/synth2 --synth seed=7 seg_fraction=0.3 box_fraction=0.15
+    python benchmarks/ablation.py --data-dir data/synth2 --synth n_train=480 n_test=20 seed=7 seg_fraction=0.3 box_fraction=0.1
     python benchmarks/ablation.py --jobs 2 --ingredients mixup              # two trainings at a time, cores shared out
     python benchmarks/ablation.py --report-only                            # the table from runs already there
 
