@@ -25,7 +25,8 @@ folds given (with one fold, over 5 random groups of its studies) exactly as ``sr
 
 The table: per variant and fold, the held-out competition score (lower is better), patient_overall's and
 each vertebra's log loss and the mean AUC of the eight targets, then the mean over the folds and its
-difference from ``base``. ``--synth KEY=VALUE ...`` first writes a second synthetic dataset at
+difference from ``base`` over the same folds (a variant with a fold not yet trained: ``mean of 0``, say,
+and the difference on fold 0 alone). ``--synth KEY=VALUE ...`` first writes a second synthetic dataset at
 ``--data-dir`` (python -m src.synthesise with those options, e.g. another seed, seg_fraction, fewer boxes) when it holds
 none; src.train then builds its cache, folds, localiser and localisation table as for the demo.
 """
@@ -204,10 +205,21 @@ def table(runs_dir: Path, variants: list[str], folds: list[int], truth: pd.DataF
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    means = frame.groupby("variant", sort=False).mean(numeric_only=True).reset_index().assign(fold="mean")
-    base = means.loc[means["variant"] == "base", "score"]
-    means["vs_base"] = means["score"] - (float(base.iloc[0]) if len(base) else np.nan)
+    means = frame.groupby("variant", sort=False).mean(numeric_only=True).reset_index()
+    folds_of = {v: list(g["fold"]) for v, g in frame.groupby("variant", sort=False)}
+    means["fold"] = ["mean" if len(folds_of[v]) == len(folds) else "mean of " + " ".join(map(str, folds_of[v]))
+                     for v in means["variant"]]
+    means["vs_base"] = [vs_base(frame, v) for v in means["variant"]]
     return pd.concat([frame, means], ignore_index=True)
+
+
+def vs_base(frame: pd.DataFrame, variant: str) -> float:
+    """``variant``'s score minus base's, the mean over the folds both have (NaN if none), so that a variant
+    with a fold still to train is not judged against base's mean over other folds."""
+    scores = frame.pivot_table(index="fold", columns="variant", values="score")
+    if "base" not in scores:
+        return np.nan
+    return float((scores[variant] - scores["base"]).dropna().mean())
 
 
 def main() -> None:

@@ -1,7 +1,10 @@
-"""The stage-2 ingredients of issue 18, each off by default: per-slice targets and the auxiliary head, the
-target vertebra's mask channel, slice-order jitter, mixup, top-k checkpoint averaging, the patient-level
-model judged by nested CV, exclude_studies, and the synthetic generator's box_fraction."""
+"""The stage-2 ingredients of issue 18 (the auxiliary loss on by default, the rest options): per-slice
+targets and the auxiliary head, the target vertebra's mask channel, slice-order jitter, mixup, top-k
+checkpoint averaging, the patient-level model judged by nested CV, exclude_studies, the synthetic
+generator's box_fraction, and the ablation's table."""
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -425,8 +428,14 @@ def test_ablation_table_per_fold_mean_and_difference_from_base(tmp_path):
             frame = pd.DataFrame(p[held], columns=TARGETS)
             frame.insert(0, "StudyInstanceUID", np.array(uids)[held])
             frame.to_csv(folder / "oof.csv", index=False)
-    result = ablation.table(tmp_path, ["base", "aux", "mask", "patient"], [0, 1], truth)
-    assert set(result["variant"]) == {"base", "aux", "patient"}  # mask was never trained: no row
+    # ema finished fold 0 only, with base's very predictions: no difference, whatever base scores on fold 1
+    folder = tmp_path / "ablation_ema" / "fold0"
+    folder.mkdir(parents=True)
+    shutil.copy(tmp_path / "ablation_base" / "fold0" / "oof.csv", folder / "oof.csv")
+    result = ablation.table(tmp_path, ["base", "aux", "mask", "ema", "patient"], [0, 1], truth)
+    assert set(result["variant"]) == {"base", "aux", "ema", "patient"}  # mask was never trained: no row
+    ema_mean = result[result["variant"] == "ema"].iloc[-1]
+    assert ema_mean["fold"] == "mean of 0" and ema_mean["vs_base"] == 0
     base_rows = result[(result["variant"] == "base") & (result["fold"] != "mean")]
     held = folds % 2 == 0
     assert base_rows["score"].iloc[0] == pytest.approx(competition_score(labels[held], probs[held]))
