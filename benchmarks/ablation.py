@@ -206,20 +206,15 @@ def table(runs_dir: Path, variants: list[str], folds: list[int], truth: pd.DataF
     if frame.empty:
         return frame
     means = frame.groupby("variant", sort=False).mean(numeric_only=True).reset_index()
-    folds_of = {v: list(g["fold"]) for v, g in frame.groupby("variant", sort=False)}
-    means["fold"] = ["mean" if len(folds_of[v]) == len(folds) else "mean of " + " ".join(map(str, folds_of[v]))
+    scores = frame.pivot(index="fold", columns="variant", values="score")  # NaN where a fold is not trained
+    trained = {v: list(scores[v].dropna().index) for v in scores}
+    means["fold"] = ["mean" if len(trained[v]) == len(folds) else "mean of " + " ".join(map(str, trained[v]))
                      for v in means["variant"]]
-    means["vs_base"] = [vs_base(frame, v) for v in means["variant"]]
+    # the difference on the folds both have, so a variant with a fold still to train is not judged against
+    # base's mean over other folds (NaN without base)
+    base = scores["base"] if "base" in scores else np.nan
+    means["vs_base"] = means["variant"].map(scores.sub(base, axis=0).mean())
     return pd.concat([frame, means], ignore_index=True)
-
-
-def vs_base(frame: pd.DataFrame, variant: str) -> float:
-    """``variant``'s score minus base's, the mean over the folds both have (NaN if none), so that a variant
-    with a fold still to train is not judged against base's mean over other folds."""
-    scores = frame.pivot_table(index="fold", columns="variant", values="score")
-    if "base" not in scores:
-        return np.nan
-    return float((scores[variant] - scores["base"]).dropna().mean())
 
 
 def main() -> None:
