@@ -190,6 +190,7 @@ EXPERIMENT_RULES: dict[str, Rule] = {
     "effnet_gru.drop_path_rate": _DROPOUT, "effnet_gru.train_unit": Rule(choices=("study", "vertebra")),
     "effnet_gru.negatives_per_positive": _NON_NEGATIVE,
     "effnet_gru.aux_loss_weight": _NON_NEGATIVE, "effnet_gru.order_jitter": _PROBABILITY,
+    "effnet_gru.aux_box_share": _PROBABILITY, "effnet_gru.aux_box_seed": _COUNT0,
     "effnet_gru.mixup_prob": _PROBABILITY, "effnet_gru.mixup_alpha": _POSITIVE,
     "average_top_k": _COUNT0, "exclude_studies": Rule(min_length=0, test=_study_uids, example=[""]),
 }

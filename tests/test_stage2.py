@@ -19,8 +19,8 @@ from src.metric import competition_score
 from src.models.effnet_gru import EffNetGRU, input_channels
 from src.models.mixup import draw_mix, mix, mixed_loss
 from src.tasks.study_task import exclude_studies
-from src.tasks.vertebra import (VertebraCrops, VertebraDataset, fracture_slices, jitter_order, read_box_slices,
-                                vertebra_presence)
+from src.tasks.vertebra import (VertebraCrops, VertebraDataset, fracture_slices, jitter_order, keep_box_share,
+                                read_box_slices, vertebra_presence)
 from src.training.top_k import average_into_best, average_states, keep_epoch
 
 TINY = ["effnet_gru.encoder=test_efficientnet", "effnet_gru.n_slices=3", "effnet_gru.neighbours=0",
@@ -94,6 +94,23 @@ def test_dataset_items_carry_slice_targets_from_the_box_table(tmp_path):
     # without the box table the items are exactly as before: no targets
     plain = VertebraDataset(tmp_path, ["1.2.3"], table, settings, [[400, 1800]], labels=labels)[0]
     assert set(plain) == {"images", "labels"} and torch.equal(plain["images"], item["images"])
+
+
+def test_box_share_keeps_a_seeded_subset_of_the_box_studies():
+    boxes = {f"1.2.{i}": np.array([float(i), i + 1.0]) for i in range(9)}
+    assert keep_box_share(boxes, 1.0, 0) is boxes and keep_box_share(boxes, 0.0, 0) == {}
+    third = keep_box_share(boxes, 1 / 3, 0)
+    assert len(third) == 3 and all(np.array_equal(third[uid], boxes[uid]) for uid in third)
+    assert keep_box_share(boxes, 1 / 3, 0).keys() == third.keys()            # the same draw in every fold
+    assert keep_box_share(dict(reversed(boxes.items())), 1 / 3, 0).keys() == third.keys()  # not the file's order
+    assert len({tuple(keep_box_share(boxes, 1 / 3, seed)) for seed in range(5)}) > 1  # another seed, another draw
+    assert len(keep_box_share(boxes, 0.5, 0)) == 4 and len(keep_box_share(boxes, 0.99, 0)) == 9
+
+
+def test_box_share_is_a_probability():
+    assert load_config(["effnet_gru.aux_box_share=0.33"])["effnet_gru"]["aux_box_share"] == 0.33
+    with pytest.raises(ValueError, match="aux_box_share"):
+        load_config(["effnet_gru.aux_box_share=1.5"])
 
 
 # ---- the mask channel ----

@@ -153,6 +153,18 @@ def read_box_slices(path: Path) -> dict[str, np.ndarray]:
     return {uid: group["slice_number"].to_numpy(float) for uid, group in boxes.groupby("StudyInstanceUID")}
 
 
+def keep_box_share(box_slices: dict[str, np.ndarray], share: float, seed: int) -> dict[str, np.ndarray]:
+    """``box_slices`` with the boxes of a ``share`` of its studies (a draw seeded by ``seed``, the same for
+    every fold); the studies left out are then fractured studies without boxes. Measures how the auxiliary
+    loss depends on how many studies have boxes, on the same images (``effnet_gru.aux_box_share``)."""
+    if share >= 1:
+        return box_slices
+    uids = sorted(box_slices)
+    n_kept = int(round(share * len(uids)))
+    kept = np.random.default_rng(seed).choice(len(uids), size=n_kept, replace=False) if n_kept else []
+    return {uids[i]: box_slices[uids[i]] for i in sorted(kept)}
+
+
 def square_box(x0: float, y0: float, x1: float, y1: float, margin: float, min_side: float = 8.0) -> tuple[int, int, int, int]:
     """A square (x0, y0, x1, y1), integer pixels, around the box's centre: its longer side widened by
     ``margin`` on each side. Square so that resizing keeps the bone's shape; it may reach outside the slice."""
@@ -444,7 +456,13 @@ class VertebraTask(StudyClassificationTask):
         box_slices = None
         if train and float(settings.get("aux_loss_weight", 0.0)) > 0:  # per-slice targets: training items only
             if self._box_slices is None:
-                self._box_slices = read_box_slices(self.data_dir / "train_bounding_boxes.csv")
+                every = read_box_slices(self.data_dir / "train_bounding_boxes.csv")
+                share = float(settings.get("aux_box_share", 1.0))
+                self._box_slices = keep_box_share(every, share, int(settings.get("aux_box_seed", 0)))
+                if share < 1:
+                    self.announce(f"[aux] per-slice fracture targets from the boxes of {len(self._box_slices)} of "
+                                  f"{len(every)} studies (aux_box_share={share:g}, aux_box_seed="
+                                  f"{int(settings.get('aux_box_seed', 0))})")
             box_slices = self._box_slices
         studies = VertebraDataset(self.cache_dir, frame["StudyInstanceUID"], self.table, settings,
                                   self.cfg["windows"], labels=frame[TARGETS].to_numpy(np.float32), train=train,
