@@ -103,6 +103,21 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny, straight_
     assert list(pd.read_csv(folder / "history.csv")["epoch"]) == [0, 1]
 
 
+def test_resume_with_persistent_validation_workers_continues_exactly(tiny, monkeypatch):
+    """Validation workers persist (num_workers > 0) and start again in a resumed process; that start must not
+    shift the random stream of the epochs after the first resumed one (dropout masks, here)."""
+    args = TINY_CNN + overrides(tiny, epochs=3, max_steps_per_epoch=3, num_workers=1)
+    main(args + [f"runs_dir={tiny['runs_dir']}_workers"])
+    killed_after_first_epoch(monkeypatch, args + [f"runs_dir={tiny['runs_dir']}_workers_resumed"])
+    main(args + [f"runs_dir={tiny['runs_dir']}_workers_resumed", "resume=true"])
+    runs = [run_folder({"runs_dir": tiny["runs_dir"] + suffix}) for suffix in ("_workers", "_workers_resumed")]
+    straight, resumed = (pd.read_csv(folder / "history.csv") for folder in runs)
+    assert list(resumed["epoch"]) == [0, 1, 2]
+    assert list(resumed["train_loss"]) == list(straight["train_loss"])  # epoch 2 too, the second resumed one
+    weights = [torch.load(folder / "last.pt", weights_only=True)["model"] for folder in runs]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
 def test_resume_with_a_weight_average_restores_both_weights(tiny, monkeypatch):
     args = TINY_CNN + overrides(tiny, **STRAIGHT) + ["ema_decay=0.8"]
     main(args + [f"runs_dir={tiny['runs_dir']}_ema"])

@@ -10,7 +10,8 @@ metrics.json, oof.csv and the figures the task draws, all from the best checkpoi
 
 Determinism, so that ``resume=true`` reproduces an uninterrupted run exactly: the data order of epoch e
 comes from a generator seeded with ``seed + e`` (worker seeds too), and every other random draw from the
-global RNGs, whose states last.pt keeps.
+global RNGs, whose states last.pt keeps; the one draw a resumed process makes that the uninterrupted run did
+not (restarting the persistent validation workers) is taken from a fork of them.
 
 Several processes (torchrun, src/training/distributed.py): DDP around the model, a DistributedSampler
 for training (its order fixed by ``seed`` and the epoch), validation dealt out in whole batches and
@@ -362,7 +363,13 @@ def _validate(run: Training, epoch: int, train_loss: float, lr: float, started: 
     distributed.sync_buffers(run.model)
     if run.average is not None:
         distributed.sync_buffers(run.average.model)
-    val_loss, outputs = predict(run.eval_net, run.val_loader, run.device, run.autocast, cfg["channels_last"])
+    # A DataLoader draws its workers' seed from the global generator whenever it starts them; persistent
+    # validation workers start once, at epoch 0's validation, whose draw the saved RNG state already
+    # follows. A resumed run starts them again at its first validation: forked, so that draw is not taken
+    # from training's stream (else every epoch after the first resumed one trains on other dropout masks).
+    restarted = run.val_loader.persistent_workers and epoch == run.start_epoch > 0
+    with torch.random.fork_rng(devices=[], enabled=restarted):
+        val_loss, outputs = predict(run.eval_net, run.val_loader, run.device, run.autocast, cfg["channels_last"])
     if not all(np.isfinite(v).all() for v in outputs.values()):  # gathered: every rank stops alike
         raise TrainingStopped(_stop_message("validation outputs are not finite", epoch, -1, run.last_path,
                                             run.saved_epoch))
