@@ -457,12 +457,11 @@ class VertebraTask(StudyClassificationTask):
         if train and float(settings.get("aux_loss_weight", 0.0)) > 0:  # per-slice targets: training items only
             if self._box_slices is None:
                 every = read_box_slices(self.data_dir / "train_bounding_boxes.csv")
-                share = float(settings.get("aux_box_share", 1.0))
-                self._box_slices = keep_box_share(every, share, int(settings.get("aux_box_seed", 0)))
+                share, seed = float(settings.get("aux_box_share", 1.0)), int(settings.get("aux_box_seed", 0))
+                self._box_slices = keep_box_share(every, share, seed)
                 if share < 1:
                     self.announce(f"[aux] per-slice fracture targets from the boxes of {len(self._box_slices)} of "
-                                  f"{len(every)} studies (aux_box_share={share:g}, aux_box_seed="
-                                  f"{int(settings.get('aux_box_seed', 0))})")
+                                  f"{len(every)} studies (aux_box_share={share:g}, aux_box_seed={seed})")
             box_slices = self._box_slices
         studies = VertebraDataset(self.cache_dir, frame["StudyInstanceUID"], self.table, settings,
                                   self.cfg["windows"], labels=frame[TARGETS].to_numpy(np.float32), train=train,
